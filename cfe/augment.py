@@ -1,0 +1,64 @@
+"""The upstream Omniglot augmentation, done as batched tensor ops.
+
+Upstream (PL-CFE `main_cfe_omni.py`, per image with PIL): RandomResizedCrop(28, scale=(0.2, 1.1),
+ratio=(0.9, 1.1), bilinear) and, with p = 0.5, GaussianBlur with sigma ~ U(0.1, 2.0). Here one `affine_grid` +
+`grid_sample` crops the whole batch and one grouped convolution blurs it, which is several times faster on a CPU
+than a PIL pipeline. Randomness comes only from the `generator` passed in, so a run is reproducible and
+resumable without saving global RNG state.
+
+NOTE: torchvision samples the crop with rejection (10 tries, then a centre-crop fallback); we sample
+scale and log-ratio once, and clamp the box to the image when it fits, so the distribution is close but not
+identical. Crops with scale > 1 extend past the image and are padded with zeros (the background of
+white-on-black Omniglot).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def random_resized_crop(x, generator, scale=(0.2, 1.1), ratio=(0.9, 1.1), out_size=None):
+    """x: NxCxHxW float. Returns NxCxSxS crops resized (bilinear) to out_size (default H)."""
+    n, c, h, w = x.shape
+    s = out_size or h
+    u = torch.rand(n, 4, generator=generator, device=x.device)
+    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]  # fraction of the image area
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
+    aspect = torch.exp(log_r)  # width / height
+    cw = torch.sqrt(area * aspect)  # crop width as a fraction of the image width
+    ch = torch.sqrt(area / aspect)
+    # centre anywhere the crop stays inside the image; when the crop is larger than the image, keep it centred
+    cx = (1 - cw).clamp(min=0) * (u[:, 2] - 0.5)  # in [-1, 1] normalised coordinates (half-extent is 1)
+    cy = (1 - ch).clamp(min=0) * (u[:, 3] - 0.5)
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    theta[:, 0, 0], theta[:, 0, 2] = cw, cx
+    theta[:, 1, 1], theta[:, 1, 2] = ch, cy
+    grid = F.affine_grid(theta, (n, c, s, s), align_corners=False)  # NxSxSx2
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_gaussian_blur(x, generator, p=0.5, sigma=(0.1, 2.0), kernel_size=9):
+    """Blur each image with probability p, sigma ~ U(sigma); one separable grouped conv for the batch."""
+    n, c, h, w = x.shape
+    u = torch.rand(n, 2, generator=generator, device=x.device)
+    sig = sigma[0] + (sigma[1] - sigma[0]) * u[:, 0]  # N
+    r = kernel_size // 2
+    t = torch.arange(-r, r + 1, device=x.device, dtype=x.dtype)  # kernel_size
+    k = torch.exp(-(t[None] ** 2) / (2 * sig[:, None] ** 2))
+    k = k / k.sum(1, keepdim=True)  # NxKs
+    identity = torch.zeros_like(k)
+    identity[:, r] = 1
+    k = torch.where((u[:, 1] < p)[:, None], k, identity)  # unblurred images get the identity kernel
+    k = k.repeat_interleave(c, dim=0)  # (N*C)xKs, one kernel per channel of each image
+    y = x.reshape(1, n * c, h, w)
+    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="reflect"), k[:, None, None, :], groups=n * c)
+    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="reflect"), k[:, None, :, None], groups=n * c)
+    return y.reshape(n, c, h, w)
+
+
+def omniglot_augment(x, generator):
+    """x: NxCxHxW float in [0, 1] -> one augmented view, same shape, channels_last."""
+    x = random_resized_crop(x, generator)
+    x = random_gaussian_blur(x, generator)
+    return x.contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,24 @@
+"""The CFE loss as a pure function (DESIGN.md §4)."""
+
+import torch
+import torch.nn.functional as F
+
+
+def cfe_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Cross-entropy that pulls each image's two views together against other images and the queue.
+
+    q: NxC normalised query embeddings (with gradient); k: NxC normalised key embeddings (no gradient);
+    queue: KxC past keys. With mu_n = (q_n + k_n) / 2, the logits of row n are
+        [mu_n . sg(mu_m) for m in batch] ++ [mu_n . sg(queue_j) for j in queue],
+    divided by the temperature, and the target is column n: |mu_n|^2 (how much the views agree) must beat
+    the similarity to every other image's centre and to the queue.
+    """
+    n, c = q.shape
+    assert k.shape == (n, c) and queue.shape[1] == c, (q.shape, k.shape, queue.shape)
+    mu = (q + k.detach()) / 2  # NxC centre of the two views
+    # One matmul against [sg(mu); sg(queue)] gives [L1 | L2]; scaling the NxC side by 1/T rather than the
+    # Nx(N+K) logits, and concatenating the small key side rather than the logits, keeps the queue cheap.
+    keys = torch.cat([mu.detach(), queue.detach()], dim=0)  # (N+K)xC
+    logits = (mu / temperature) @ keys.T  # Nx(N+K); diagonal of the first NxN block = intra-image agreement
+    target = torch.arange(n, device=q.device)
+    return F.cross_entropy(logits, target)

@@ -1,0 +1,64 @@
+"""The CFE model: a MoCo-style pair of encoders that owns its queue (after facebookresearch/moco `moco/builder.py`)."""
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cfe.loss import cfe_loss
+from fewshot.backbones import Conv4
+
+
+def make_encoder(in_channels, hidden, image_size, dim, mlp):
+    """Conv4 backbone + projection head. With `mlp`, the MoCo v2 head: Linear-ReLU-Linear."""
+    backbone = Conv4(in_channels, hidden)
+    feat = backbone.out_dim(image_size)
+    head = nn.Sequential(nn.Linear(feat, feat), nn.ReLU(inplace=True), nn.Linear(feat, dim)) if mlp \
+        else nn.Linear(feat, dim)
+    return nn.Sequential(backbone, head)
+
+
+class CFE(nn.Module):
+    def __init__(self, in_channels=1, hidden=64, image_size=28, dim=64, mlp=True,
+                 queue_size=65536, momentum=0.999, temperature=0.2):
+        super().__init__()
+        self.arch = dict(in_channels=in_channels, hidden=hidden, image_size=image_size, dim=dim, mlp=mlp,
+                         queue_size=queue_size, momentum=momentum, temperature=temperature)
+        self.momentum, self.temperature = momentum, temperature
+        self.encoder_q = make_encoder(in_channels, hidden, image_size, dim, mlp)
+        self.encoder_k = copy.deepcopy(self.encoder_q)  # starts equal to f_q, then follows it by EMA
+        for p in self.encoder_k.parameters():
+            p.requires_grad = False
+        self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim), dim=1))  # KxC
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def momentum_update(self):
+        """f_k <- m f_k + (1 - m) f_q on the parameters (f_k's BN statistics are its own, as in MoCo)."""
+        for pk, pq in zip(self.encoder_k.parameters(), self.encoder_q.parameters()):
+            pk.mul_(self.momentum).add_(pq.detach(), alpha=1 - self.momentum)
+
+    @torch.no_grad()
+    def enqueue(self, keys):
+        """Write keys (NxC) over the oldest queue entries, wrapping around the end."""
+        n, k = keys.shape[0], self.queue.shape[0]
+        assert n <= k, f"batch ({n}) larger than the queue ({k})"
+        idx = (self.queue_ptr + torch.arange(n, device=keys.device)) % k
+        self.queue[idx] = keys
+        self.queue_ptr.copy_((self.queue_ptr + n) % k)
+
+    def embed(self, x):
+        """Normalised embedding of f_q (head included, as upstream encodes): NxC."""
+        return F.normalize(self.encoder_q(x), dim=1)
+
+    def forward(self, x1, x2):
+        """Two views of the same N images -> scalar loss; updates f_k and the queue as side effects."""
+        q = self.embed(x1)  # queries: NxC
+        with torch.no_grad():
+            self.momentum_update()
+            k = F.normalize(self.encoder_k(x2), dim=1)  # keys: NxC
+        # clone: the loss's backward needs the queue as it was, and enqueue overwrites it in place
+        loss = cfe_loss(q, k, self.queue.clone(), self.temperature)
+        self.enqueue(k)
+        return loss

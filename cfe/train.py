@@ -1,0 +1,138 @@
+"""Train the clustering-friendly embedding (CFE) on unlabelled images.
+
+    python -m cfe.train --data data/omniglot/omniglot_cache_train.npz --out runs/omniglot/cfe --epochs 200
+
+Reads only the images (`X`) of the split. Writes into --out: config.json, metrics.jsonl (one line per epoch),
+checkpoints/last.pt after every epoch and checkpoints/epoch_NNNN.pt every --save-every epochs. --resume
+continues from last.pt (and starts fresh when there is none), drawing exactly the batches and augmentations an
+uninterrupted run would.
+"""
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from cfe.augment import omniglot_augment
+from cfe.model import CFE
+from fewshot.backbones import to_float
+from fewshot.checkpoint import load_checkpoint, load_state, save_checkpoint
+from fewshot.data import load_images
+from fewshot.errors import UserError, cli_main
+from fewshot.io import JsonlLog, prepare_run_dir, provenance
+from fewshot.runtime import epoch_seed, pick_device, seed_everything, set_threads
+
+
+def get_parser():
+    p = argparse.ArgumentParser(prog="python -m cfe.train", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", required=True, help="train split .npz (only its images X are read)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=0.03)
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--no-cos", dest="cos", action="store_false", help="constant lr instead of the cosine schedule")
+    p.add_argument("--hidden", type=int, default=64, help="conv channels of the Conv4 backbone")
+    p.add_argument("--dim", type=int, default=64, help="embedding dimension")
+    p.add_argument("--no-mlp", dest="mlp", action="store_false", help="linear head instead of the MLP head")
+    p.add_argument("--queue-size", type=int, default=65536, help="number of past keys kept as negatives")
+    p.add_argument("--key-momentum", type=float, default=0.999, help="EMA momentum m of the key encoder")
+    p.add_argument("--temperature", type=float, default=0.2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    p.add_argument("--save-every", type=int, default=20, help="keep a snapshot every N epochs")
+    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoints/last.pt if present")
+    p.add_argument("--halt-after", type=int, default=0, help=argparse.SUPPRESS)  # tests: stop as if interrupted
+    return p
+
+
+def cosine_lr(base_lr, epoch, epochs, cos=True):
+    # as facebookresearch/moco main_moco.py adjust_learning_rate: set once per epoch
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs)) if cos else base_lr
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    config = vars(args).copy()
+    if args.batch_size > args.queue_size:
+        raise UserError(f"--batch-size {args.batch_size} must not exceed --queue-size {args.queue_size}")
+    set_threads(args.threads)
+    device = pick_device(args.device)
+    X = torch.from_numpy(load_images(args.data))  # NxHxWxC uint8; never the labels
+    n, h, w, c = X.shape
+    if h != w:
+        raise UserError(f"{args.data}: images must be square, got {h}x{w}")
+    if n < args.batch_size:
+        raise UserError(f"{args.data}: {n} images, fewer than one batch of {args.batch_size}")
+    out = Path(args.out)
+    last = out / "checkpoints" / "last.pt"
+    resuming = args.resume and last.exists()
+    prepare_run_dir(out, config, resume=args.resume)
+    config["image_shape"] = [h, w, c]
+
+    seed_everything(args.seed)
+    model = CFE(in_channels=c, hidden=args.hidden, image_size=h, dim=args.dim, mlp=args.mlp,
+                queue_size=args.queue_size, momentum=args.key_momentum, temperature=args.temperature)
+    model = model.to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.encoder_q.parameters(), args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    start = 0
+    if resuming:
+        ckpt = load_checkpoint(last, "cfe")
+        load_state(model, ckpt["model"], last)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start = ckpt["epoch"]
+        print(f"resumed from {last} at epoch {start}")
+    log = JsonlLog(out / "metrics.jsonl")
+    X = X.to(device)
+    steps = n // args.batch_size  # drop the last partial batch, as upstream (drop_last=True)
+
+    for epoch in range(start, args.epochs):
+        if args.halt_after and epoch >= args.halt_after:
+            print(f"halted after epoch {epoch} (--halt-after)")
+            return
+        lr = cosine_lr(args.lr, epoch, args.epochs, args.cos)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        gen = torch.Generator(device=device).manual_seed(epoch_seed(args.seed, epoch))
+        perm = torch.randperm(n, generator=gen, device=device)
+        model.train()
+        t0, total = time.time(), 0.0
+        bar = tqdm(range(steps), desc=f"cfe epoch {epoch + 1}/{args.epochs}", leave=False, mininterval=2)
+        for i in bar:
+            x = to_float(X[perm[i * args.batch_size:(i + 1) * args.batch_size]])
+            loss = model(omniglot_augment(x, gen), omniglot_augment(x, gen))
+            if not torch.isfinite(loss):
+                raise UserError(f"non-finite loss {loss.item()} at epoch {epoch + 1} step {i}; "
+                                f"last good checkpoint: {last}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        row = dict(epoch=epoch + 1, loss=total / steps, lr=lr, seconds=round(time.time() - t0, 2))
+        log.write(**row)
+        print(f"cfe epoch {epoch + 1}/{args.epochs} loss {row['loss']:.4f} lr {lr:.4f} ({row['seconds']:.0f}s)")
+        state = dict(arch=model.arch, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                     epoch=epoch + 1, config=config, provenance=provenance())
+        save_checkpoint(last, "cfe", **state)
+        if (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:
+            save_checkpoint(out / "checkpoints" / f"epoch_{epoch + 1:04d}.pt", "cfe", **state)
+
+
+def load_cfe(path, device="cpu") -> CFE:
+    """The trained model of a cfe checkpoint, ready to embed."""
+    ckpt = load_checkpoint(path, "cfe")
+    model = CFE(**ckpt["arch"])
+    load_state(model, ckpt["model"], path)
+    return model.to(device).eval()
+
+
+if __name__ == "__main__":
+    cli_main(main)

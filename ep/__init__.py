@@ -1,0 +1,1 @@
+"""Embedding Propagation (DESIGN.md §4): not implemented yet."""

@@ -1,0 +1,1 @@
+"""What CFE, MAML and EP share: data and caches, episodes, backbones, metrics, checkpoints, run folders."""

@@ -1,0 +1,45 @@
+"""Checkpoints: one dict holding everything a run needs to resume (after dino's `utils.restart_from_checkpoint`).
+
+    {"kind": "cfe" | "maml", "arch": {...}, "model": state_dict, "optimizer": state_dict, "epoch": int,
+     "config": {...JSON-able...}, ...stage extras}
+
+Only plain containers and tensors go in (never an argparse Namespace), so `torch.load(weights_only=True)` reads
+them. Loading checks the kind and loads state dicts strictly: a checkpoint of another model is a clear error.
+"""
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from fewshot.errors import UserError
+from fewshot.io import save_torch
+
+
+def save_checkpoint(path, kind: str, **state) -> None:
+    save_torch(path, {"kind": kind, **state})
+
+
+def load_checkpoint(path, kind: str) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as e:
+        raise UserError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0]})") from None
+    if not isinstance(ckpt, dict) or "kind" not in ckpt:
+        raise UserError(f"{path}: not a checkpoint of this project (no 'kind' entry)")
+    if ckpt["kind"] != kind:
+        raise UserError(f"{path}: is a '{ckpt['kind']}' checkpoint, expected '{kind}'")
+    return ckpt
+
+
+def load_state(module: torch.nn.Module, state: dict, path) -> None:
+    """Strict load that reports a mismatch in one line instead of a long traceback."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise UserError(f"{path}: weights do not fit this model ({first})") from None

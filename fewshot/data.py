@@ -1,0 +1,136 @@
+"""The cache format (DESIGN.md §3): one `.npz` per split with uint8 NHWC images.
+
+    {name}_cache_{split}.npz          prepared data: X (N,H,W,C) uint8, Y (N,) int64 true labels
+    {dataset}_{dim}_K_{K}_{split}.npz  written by cfe.encode: X, Y, cluster_label (+ index, meta)
+    {dataset}_{dim}_K_{K}_train_clusters.npz   cluster_centers (K,dim)
+    {dataset}_{dim}_K_{K}_train_emb.npz        Z (N,dim)
+
+Unsupervised stages read train images through `load_images`, which never touches `Y`. Files written by the
+upstream PL-CFE code (no `index` or `meta`) load too.
+"""
+
+import json
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fewshot.errors import UserError
+from fewshot.io import save_npz
+
+SPLITS = ("train", "val", "test")
+
+
+def prepared_path(root, name, split) -> Path:
+    return Path(root) / f"{name}_cache_{split}.npz"
+
+
+def encoded_path(root, dataset, dim, k, split) -> Path:
+    return Path(root) / f"{dataset}_{dim}_K_{k}_{split}.npz"
+
+
+def _open(path):
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise UserError(f"{path}: not a readable .npz file ({e})") from None
+
+
+def _get(npz, path, key):
+    if key not in npz.files:
+        raise UserError(f"{path}: missing array '{key}' (has {', '.join(npz.files) or 'nothing'})")
+    try:
+        return npz[key]
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise UserError(f"{path}: array '{key}' is corrupt ({e})") from None
+
+
+def check_images(X, path="images") -> np.ndarray:
+    if X.ndim == 3:  # (N,H,W) grey: add the channel axis
+        X = X[..., None]
+    if X.ndim != 4 or X.shape[-1] not in (1, 3):
+        raise UserError(f"{path}: X must be images shaped (N,H,W,C) with C in (1,3), got shape {X.shape}")
+    if X.dtype != np.uint8:
+        raise UserError(f"{path}: X must be uint8 images, got {X.dtype} (store pixels 0-255, never floats)")
+    if len(X) == 0:
+        raise UserError(f"{path}: X holds no images")
+    return X
+
+
+def _check_labels(y, n, path, key):
+    if y.ndim != 1 or len(y) != n:
+        raise UserError(f"{path}: '{key}' must have shape ({n},), got {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise UserError(f"{path}: '{key}' must hold integers, got {y.dtype}")
+    return y.astype(np.int64)
+
+
+def load_images(path) -> np.ndarray:
+    """Only the images of a split: what an unsupervised training step may read."""
+    npz = _open(path)
+    return check_images(_get(npz, path, "X"), path)
+
+
+@dataclass
+class Split:
+    """A labelled or pseudo-labelled split. `labels` is what episodes are drawn from."""
+
+    X: np.ndarray
+    Y: np.ndarray
+    cluster_label: np.ndarray | None = None
+    index: np.ndarray | None = None  # row of the prepared split each image came from (repeats share it)
+    meta: dict = field(default_factory=dict)
+    path: str = ""
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.cluster_label if self.cluster_label is not None else self.Y
+
+
+def load_split(path) -> Split:
+    npz = _open(path)
+    X = check_images(_get(npz, path, "X"), path)
+    Y = _check_labels(_get(npz, path, "Y"), len(X), path, "Y")
+    cl = _check_labels(_get(npz, path, "cluster_label"), len(X), path, "cluster_label") \
+        if "cluster_label" in npz.files else None
+    index = _get(npz, path, "index").astype(np.int64) if "index" in npz.files else None
+    meta = json.loads(str(_get(npz, path, "meta"))) if "meta" in npz.files else {}
+    return Split(X=X, Y=Y, cluster_label=cl, index=index, meta=meta, path=str(path))
+
+
+def load_pseudo_labels(path) -> tuple:
+    """(X, cluster_label, index) of an encoded train cache, without reading its true labels."""
+    npz = _open(path)
+    X = check_images(_get(npz, path, "X"), path)
+    cl = _check_labels(_get(npz, path, "cluster_label"), len(X), path, "cluster_label")
+    index = _get(npz, path, "index").astype(np.int64) if "index" in npz.files else np.arange(len(X))
+    return X, cl, index
+
+
+def load_array(path, key) -> np.ndarray:
+    return _get(_open(path), path, key)
+
+
+def write_split(path, X, Y, cluster_label=None, index=None, meta=None) -> None:
+    arrays = {"X": check_images(np.asarray(X), str(path)), "Y": np.asarray(Y, dtype=np.int64)}
+    if cluster_label is not None:
+        arrays["cluster_label"] = np.asarray(cluster_label, dtype=np.int64)
+    if index is not None:
+        arrays["index"] = np.asarray(index, dtype=np.int64)
+    if meta is not None:
+        arrays["meta"] = np.array(json.dumps(meta, sort_keys=True))
+    save_npz(path, **arrays)
+
+
+def assert_disjoint_classes(splits: dict) -> None:
+    """Class splits must be disjoint: no true label may appear in two splits."""
+    names = list(splits)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            shared = np.intersect1d(np.unique(splits[a]), np.unique(splits[b]))
+            if len(shared):
+                raise UserError(f"splits '{a}' and '{b}' share {len(shared)} classes (e.g. {shared[:5].tolist()})")

@@ -1,0 +1,125 @@
+"""Atomic writes, run folders and provenance.
+
+Every file is written to a temporary name in the same folder and renamed into place, so an interrupted run
+never leaves a half-written cache, checkpoint or result behind (rename is atomic on POSIX file systems).
+"""
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from fewshot.errors import UserError
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_npz(path, **arrays) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:  # a file object stops numpy from appending ".npz" to the temp name
+            np.savez(f, **arrays)
+
+
+def save_json(path, obj) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def save_torch(path, obj) -> None:
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_json(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+
+
+def git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        commit = out.stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return commit + ("-dirty" if dirty and commit != "unknown" else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def versions() -> dict:
+    import sklearn
+    import torch
+
+    out = {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+           "scikit-learn": sklearn.__version__, "platform": platform.platform()}
+    try:
+        import faiss
+
+        out["faiss"] = faiss.__version__
+    except ImportError:
+        out["faiss"] = None
+    return out
+
+
+def provenance() -> dict:
+    return {"git_commit": git_commit(), "versions": versions()}
+
+
+class JsonlLog:
+    """Metrics as JSON lines, one object per line, appended (a resumed run continues the same file)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, **row) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row, sort_keys=True) + "\n")
+            f.flush()
+
+
+def read_jsonl(path) -> list:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def prepare_run_dir(out, config: dict, resume: bool, may_change=("epochs", "resume", "halt_after", "device")) -> Path:
+    """Create a run folder and write its config.json (resolved arguments + git commit + package versions).
+
+    An existing run is continued only with --resume and only with the same settings (budgets may grow)."""
+    out = Path(out)
+    cfg_path = out / "config.json"
+    if cfg_path.exists():
+        if not resume:
+            raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        old = load_json(cfg_path)
+        changed = sorted(k for k in config if k not in may_change and old.get(k) != config[k])
+        if changed:
+            raise UserError(f"--resume with settings that differ from {cfg_path}: {', '.join(changed)}")
+    save_json(cfg_path, {**config, **provenance()})
+    return out

@@ -1,0 +1,1 @@
+"""MAML with the progressive evaluation mechanism (DESIGN.md §4)."""
