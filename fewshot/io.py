@@ -76,7 +76,7 @@ def versions() -> dict:
     import sklearn
     import torch
 
-    out = {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+    out = {"python": platform.python_version(), "numpy": np.__version__, "torch": str(torch.__version__),
            "scikit-learn": sklearn.__version__, "platform": platform.platform()}
     try:
         import faiss
