@@ -1,0 +1,97 @@
+"""N-way K-shot tasks over a labelled or pseudo-labelled split, and fixed episode lists as JSON.
+
+A task draws N distinct classes, K support and Q query images of each (no image in both), and relabels the
+classes 0..N-1 in random order. Indices refer to rows of the split's arrays. Sampling uses its own
+`numpy.random.Generator`, never global state.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fewshot.errors import UserError
+from fewshot.io import load_json, save_json
+
+
+@dataclass
+class Task:
+    support: np.ndarray  # (N*K,) row indices
+    support_y: np.ndarray  # (N*K,) labels 0..N-1
+    query: np.ndarray  # (N*Q,)
+    query_y: np.ndarray  # (N*Q,)
+    classes: np.ndarray  # (N,) the split's label of each way
+
+
+class EpisodeSampler:
+    def __init__(self, labels, n_way: int, k_shot: int, n_query: int):
+        labels = np.asarray(labels)
+        if min(n_way, k_shot, n_query) < 1:
+            raise UserError(f"ways, shots and queries must be >= 1, got {n_way}/{k_shot}/{n_query}")
+        classes, counts = np.unique(labels, return_counts=True)
+        need = k_shot + n_query
+        self.classes = classes[counts >= need]
+        if len(self.classes) < n_way:
+            raise UserError(f"{n_way}-way {k_shot}-shot tasks with {n_query} queries need {n_way} classes of >= "
+                            f"{need} images; this split has {len(self.classes)} (of {len(classes)} classes)")
+        self.members = {c: np.flatnonzero(labels == c) for c in self.classes}
+        self.n_way, self.k_shot, self.n_query = n_way, k_shot, n_query
+
+    def sample(self, rng: np.random.Generator) -> Task:
+        n, k, q = self.n_way, self.k_shot, self.n_query
+        ways = rng.choice(self.classes, size=n, replace=False)  # random order = random relabelling 0..N-1
+        s_idx, q_idx = [], []
+        for c in ways:
+            pick = rng.choice(self.members[c], size=k + q, replace=False)
+            s_idx.append(pick[:k])
+            q_idx.append(pick[k:])
+        return Task(support=np.concatenate(s_idx), support_y=np.repeat(np.arange(n), k),
+                    query=np.concatenate(q_idx), query_y=np.repeat(np.arange(n), q), classes=ways)
+
+
+def save_episodes(path, tasks: list, split_path: str, meta: dict | None = None) -> None:
+    """Write tasks as JSON: each lists its support and query images by split index, with labels."""
+    def items(idx, y):
+        return [{"index": int(i), "label": int(label)} for i, label in zip(idx, y)]
+
+    save_json(path, {"split": str(split_path), **(meta or {}),
+                     "tasks": [{"support": items(t.support, t.support_y), "query": items(t.query, t.query_y)}
+                               for t in tasks]})
+
+
+def load_episodes(path, n_images: int, load_file=None) -> tuple[list, dict]:
+    """Read tasks written by `save_episodes` or by hand. Items give `index` (a row of the split) or `path` (an
+    image file, turned into pixels by `load_file(path) -> HxWxC uint8`). Returns (tasks, extra_images) where
+    file images are appended after the split's rows: index n_images + j is extra_images[j]."""
+    doc = load_json(path)
+    if not isinstance(doc, dict) or not isinstance(doc.get("tasks"), list) or not doc["tasks"]:
+        raise UserError(f"{path}: expected an object with a non-empty 'tasks' list")
+    extra, tasks = [], []
+    for t_no, t in enumerate(doc["tasks"]):
+        parts = {}
+        for part in ("support", "query"):
+            idx, ys = [], []
+            for item in t.get(part) or []:
+                if "index" in item:
+                    i = int(item["index"])
+                    if not 0 <= i < n_images:
+                        raise UserError(f"{path}: task {t_no} {part} index {i} outside the split (0..{n_images - 1})")
+                elif "path" in item:
+                    if load_file is None:
+                        raise UserError(f"{path}: task {t_no} names image files, which this dataset cannot read")
+                    extra.append(load_file(item["path"]))
+                    i = n_images + len(extra) - 1
+                else:
+                    raise UserError(f"{path}: task {t_no} {part} item without 'index' or 'path'")
+                idx.append(i)
+                ys.append(int(item["label"]))
+            if not idx:
+                raise UserError(f"{path}: task {t_no} has no {part} images")
+            parts[part] = (np.array(idx), np.array(ys))
+        n_way = len(np.unique(parts["support"][1]))
+        if set(np.unique(parts["query"][1])) - set(np.unique(parts["support"][1])):
+            raise UserError(f"{path}: task {t_no} has query labels absent from its support set")
+        if sorted(np.unique(parts["support"][1])) != list(range(n_way)):
+            raise UserError(f"{path}: task {t_no} labels must be 0..N-1")
+        tasks.append(Task(support=parts["support"][0], support_y=parts["support"][1], query=parts["query"][0],
+                          query_y=parts["query"][1], classes=np.arange(n_way)))
+    return tasks, extra

@@ -1,0 +1,60 @@
+"""The progressive evaluation mechanism (PEM, DESIGN.md §4).
+
+After a warm-up, a meta-batch is sometimes rebuilt: for each way c of a task, among the k clusters whose centres
+are nearest c's centre, the evaluation model (adapted on the task's support set) picks the cluster it is most
+unsure about (highest entropy of its predicted-label histogram); the way's queries are redrawn from that
+cluster's members that score highest for the way's label. The support set and its labels stay as they were.
+"""
+
+import math
+
+import numpy as np
+
+from fewshot.episodes import Task
+
+
+class ClusterIndex:
+    """Members of each pseudo-class and each cluster's k nearest other clusters (by centre distance)."""
+
+    def __init__(self, cluster_label: np.ndarray, centres: np.ndarray, k: int):
+        n_clusters = len(centres)
+        if k >= n_clusters:
+            raise ValueError(f"PEM needs k < number of clusters ({k} >= {n_clusters})")
+        self.members = [np.flatnonzero(cluster_label == c) for c in range(n_clusters)]
+        c = centres.astype(np.float64)
+        d = (c * c).sum(1)[:, None] + (c * c).sum(1)[None] - 2 * c @ c.T  # KxK squared distances
+        np.fill_diagonal(d, np.inf)  # a cluster is not its own neighbour
+        self.neighbours = np.argsort(d, axis=1, kind="stable")[:, :k]  # Kxk, nearest first
+
+
+def entropy(hist: np.ndarray) -> float:
+    p = hist[hist > 0] / hist.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def pem_queries(task: Task, predict, index: ClusterIndex, n_query: int, rng: np.random.Generator,
+                keep_frac: float = 0.75) -> Task:
+    """Rebuild the queries of `task`.
+
+    predict(rows) -> (len(rows), N) logits of the evaluation model adapted on task's support set.
+    Ties in entropy go to the nearer cluster.
+    """
+    n_way = len(task.classes)
+    cache = {}  # neighbouring clusters of different ways overlap; predict each once
+    new_query = []
+    for way, c in enumerate(task.classes):
+        best, best_h = None, -1.0
+        for nb in index.neighbours[c]:
+            if nb not in cache:
+                cache[nb] = np.asarray(predict(index.members[nb]))
+            logits = cache[nb]
+            h = entropy(np.bincount(logits.argmax(1), minlength=n_way).astype(np.float64))
+            if h > best_h:
+                best, best_h = nb, h
+        rows, logits = index.members[best], cache[best]
+        order = np.argsort(-logits[:, way], kind="stable")  # most like this way first
+        keep = max(math.ceil(keep_frac * len(rows)), n_query)
+        pool = rows[order[:keep]]
+        new_query.append(rng.choice(pool, size=n_query, replace=len(pool) < n_query))
+    return Task(support=task.support, support_y=task.support_y, query=np.concatenate(new_query),
+                query_y=np.repeat(np.arange(n_way), n_query), classes=task.classes)

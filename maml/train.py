@@ -1,0 +1,178 @@
+"""Meta-train MAML (+PEM) on a pseudo-labelled cache written by cfe.encode.
+
+    python -m maml.train --train-cache runs/omniglot/caches/omniglot_64_K_500_train.npz \\
+        --val-cache runs/omniglot/caches/omniglot_64_K_500_val.npz --out runs/omniglot/maml
+
+Reads the train cache's images and pseudo-labels (never its true labels) and the cluster centres beside it.
+Writes into --out: config.json (read back by maml.test), metrics.jsonl, checkpoints/last.pt after every epoch
+and checkpoints/best.pt (highest val accuracy; the last epoch when no --val-cache is given).
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.func import functional_call
+from tqdm import tqdm
+
+from fewshot.backbones import to_float
+from fewshot.checkpoint import load_checkpoint, load_state, save_checkpoint
+from fewshot.data import load_array, load_pseudo_labels, load_split
+from fewshot.episodes import EpisodeSampler
+from fewshot.errors import UserError, cli_main
+from fewshot.io import JsonlLog, prepare_run_dir, provenance
+from fewshot.metrics import mean_ci95
+from fewshot.runtime import epoch_seed, pick_device, seed_everything, set_threads
+from maml.common import evaluate, task_tensors
+from maml.maml import MAMLNet, adapt, meta_loss
+from maml.pem import ClusterIndex, pem_queries
+
+
+def get_parser():
+    p = argparse.ArgumentParser(prog="python -m maml.train", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--train-cache", required=True, help="pseudo-labelled train cache (.npz from cfe.encode)")
+    p.add_argument("--clusters", help="cluster centres (.npz); default: the train cache's *_clusters.npz")
+    p.add_argument("--val-cache", help="labelled val cache for model selection (omit: keep the last epoch)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batches-per-epoch", type=int, default=100)
+    p.add_argument("--meta-batch", type=int, default=8, help="tasks per meta-batch")
+    p.add_argument("--ways", type=int, default=5)
+    p.add_argument("--shots", type=int, default=1)
+    p.add_argument("--queries", type=int, default=5, help="query images per way")
+    p.add_argument("--inner-lr", type=float, default=0.1, help="inner-loop step size alpha")
+    p.add_argument("--inner-steps", type=int, default=1)
+    p.add_argument("--meta-lr", type=float, default=1e-3, help="Adam learning rate of the outer loop")
+    p.add_argument("--first-order", action="store_true", help="first-order MAML (no second derivatives)")
+    p.add_argument("--hidden", type=int, default=64, help="conv channels")
+    p.add_argument("--no-pem", dest="pem", action="store_false", help="plain MAML on the pseudo-labels")
+    p.add_argument("--pem-warmup", type=int, default=5, help="epochs before PEM starts")
+    p.add_argument("--pem-eta", type=float, default=0.9, help="a meta-batch is rebuilt with probability 1-eta")
+    p.add_argument("--pem-k", type=int, default=5, help="nearest clusters examined per way")
+    p.add_argument("--pem-keep", type=float, default=0.75, help="fraction of the chosen cluster kept")
+    p.add_argument("--val-tasks", type=int, default=300, help="val tasks per epoch (fixed set)")
+    p.add_argument("--val-steps", type=int, default=10, help="adaptation steps at validation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from --out/checkpoints/last.pt if present")
+    p.add_argument("--halt-after", type=int, default=0, help=argparse.SUPPRESS)  # tests: stop as if interrupted
+    return p
+
+
+def clusters_path(train_cache: str) -> Path:
+    p = Path(train_cache)
+    if not p.name.endswith("_train.npz"):
+        raise UserError(f"{p}: cannot infer the cluster file (name does not end in _train.npz); pass --clusters")
+    return p.with_name(p.name[: -len("_train.npz")] + "_train_clusters.npz")
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    config = vars(args).copy()
+    if not 0 <= args.pem_eta <= 1:
+        raise UserError(f"--pem-eta must be in [0, 1], got {args.pem_eta}")
+    set_threads(args.threads)
+    device = pick_device(args.device)
+    X_np, pseudo, _ = load_pseudo_labels(args.train_cache)  # images and pseudo-labels only
+    sampler = EpisodeSampler(pseudo, args.ways, args.shots, args.queries)
+    index = None
+    if args.pem:
+        centres = load_array(args.clusters or clusters_path(args.train_cache), "cluster_centers")
+        if pseudo.max() >= len(centres):
+            raise UserError(f"cluster labels reach {pseudo.max()} but only {len(centres)} centres were given")
+        index = ClusterIndex(pseudo, centres, args.pem_k)
+    val = load_split(args.val_cache) if args.val_cache else None
+    if val is not None and val.X.shape[1:] != X_np.shape[1:]:
+        raise UserError(f"{args.val_cache}: images {val.X.shape[1:]} differ from the train cache's {X_np.shape[1:]}")
+    h, _, c = X_np.shape[1:]
+    out = Path(args.out)
+    last, best = out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
+    resuming = args.resume and last.exists()
+    prepare_run_dir(out, config, resume=args.resume)
+
+    seed_everything(args.seed)
+    model = MAMLNet(c, args.hidden, h, args.ways).to(device)
+    eval_model = MAMLNet(c, args.hidden, h, args.ways).to(device)  # PEM's evaluation model
+    eval_model.load_state_dict(model.state_dict())
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.meta_lr)
+    start, best_acc = 0, -1.0
+    if resuming:
+        ckpt = load_checkpoint(last, "maml")
+        load_state(model, ckpt["model"], last)
+        load_state(eval_model, ckpt["eval_model"], last)
+        optimizer.load_state_dict(ckpt["optimizer"])
+        start, best_acc = ckpt["epoch"], ckpt["best_acc"]
+        print(f"resumed from {last} at epoch {start}")
+    X = torch.from_numpy(X_np)
+    val_tasks = []
+    if val is not None:
+        vs = EpisodeSampler(val.labels, args.ways, args.shots, args.queries)
+        vrng = np.random.default_rng(epoch_seed(args.seed, 0, stream=7))
+        val_tasks = [vs.sample(vrng) for _ in range(args.val_tasks)]
+        X_val = torch.from_numpy(val.X)
+    log = JsonlLog(out / "metrics.jsonl")
+
+    def predict_with(adapted):
+        def predict(rows):
+            with torch.no_grad():
+                return functional_call(eval_model, adapted, (to_float(X[torch.from_numpy(rows)].to(device)),)).cpu()
+        return predict
+
+    for epoch in range(start, args.epochs):
+        if args.halt_after and epoch >= args.halt_after:
+            print(f"halted after epoch {epoch} (--halt-after)")
+            return
+        rng = np.random.default_rng(epoch_seed(args.seed, epoch))
+        pem_on = args.pem and epoch >= args.pem_warmup
+        t0, losses, accs, rebuilt = time.time(), [], [], 0
+        model.train()
+        bar = tqdm(range(args.batches_per_epoch), desc=f"maml epoch {epoch + 1}/{args.epochs}", leave=False,
+                   mininterval=2)
+        for _ in bar:
+            tasks = [sampler.sample(rng) for _ in range(args.meta_batch)]
+            if pem_on and rng.random() < 1 - args.pem_eta:
+                rebuilt += 1
+                new = []
+                for t in tasks:
+                    xs, ys, _, _ = task_tensors(X, t, device)
+                    params = {n: p.detach().requires_grad_() for n, p in eval_model.named_parameters()}
+                    adapted = adapt(eval_model, params, xs, ys, args.inner_steps, args.inner_lr, create_graph=False)
+                    new.append(pem_queries(t, predict_with(adapted), index, args.queries, rng, args.pem_keep))
+                tasks = new
+            loss, acc = meta_loss(model, [task_tensors(X, t, device) for t in tasks], args.inner_steps,
+                                  args.inner_lr, args.first_order)
+            if not torch.isfinite(loss):
+                raise UserError(f"non-finite meta-loss at epoch {epoch + 1}; last good checkpoint: {last}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            accs.append(acc)
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.3f}")
+        eval_model.load_state_dict(model.state_dict())  # PEM: refresh the evaluation model every epoch
+        row = dict(epoch=epoch + 1, loss=float(np.mean(losses)), train_acc=float(np.mean(accs)),
+                   pem_rebuilt_batches=rebuilt, seconds=round(time.time() - t0, 2))
+        if val_tasks:
+            row["val_acc"], row["val_ci95"] = mean_ci95(evaluate(model, X_val, val_tasks, args.val_steps,
+                                                                 args.inner_lr, device, "val"))
+        improved = row.get("val_acc", epoch) >= best_acc if val_tasks else True
+        if improved:
+            best_acc = row.get("val_acc", float(epoch))
+        log.write(**row)
+        print(f"maml epoch {epoch + 1}/{args.epochs} loss {row['loss']:.4f} train acc {row['train_acc']:.3f}"
+              + (f" val acc {row['val_acc']:.4f}" if val_tasks else "") + f" ({row['seconds']:.0f}s)")
+        state = dict(arch=model.arch, model=model.state_dict(), eval_model=eval_model.state_dict(),
+                     optimizer=optimizer.state_dict(), epoch=epoch + 1, best_acc=best_acc, config=config,
+                     selection="best val accuracy" if val_tasks else "last epoch (no val split)",
+                     provenance=provenance())
+        if improved:
+            save_checkpoint(best, "maml", **state)
+        save_checkpoint(last, "maml", **state)
+
+
+if __name__ == "__main__":
+    cli_main(main)
