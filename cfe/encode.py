@@ -58,6 +58,8 @@ def kmeans(Z: np.ndarray, k: int, niter: int, seed: int) -> tuple[np.ndarray, np
     """faiss k-means on every point (no subsampling). Returns (centres KxD, assignment N)."""
     import faiss
 
+    if torch.get_num_threads() > 0:
+        faiss.omp_set_num_threads(torch.get_num_threads())  # follow --threads
     n, d = Z.shape
     if k > n:
         raise UserError(f"--k {k} is larger than the number of train images ({n})")
@@ -86,17 +88,25 @@ def main(argv=None):
     model = load_cfe(args.checkpoint, device)
     arch = model.arch
     paths = {s: prepared_path(args.data_dir, args.dataset, s) for s in SPLITS}
-    for s, p in paths.items():
-        if not p.is_file():
-            raise UserError(f"{p}: file not found (expected {args.dataset}_cache_{s}.npz in {args.data_dir})")
-    out = Path(args.out)
-    prepare_run_dir(out, vars(args), resume=args.resume)
-    t0 = time.time()
-
+    if not paths["train"].is_file():
+        raise UserError(f"{paths['train']}: file not found (expected {args.dataset}_cache_train.npz "
+                        f"in {args.data_dir})")
+    paths = {s: p for s, p in paths.items() if p.is_file()}  # val and test are optional
+    # validate every input before the run folder is created, so a bad input leaves nothing behind
     X_train = load_images(paths["train"])  # clustering sees images only
     want = (arch["image_size"], arch["image_size"], arch["in_channels"])
     if X_train.shape[1:] != want:
         raise UserError(f"{paths['train']}: images are {X_train.shape[1:]}, the checkpoint expects {want}")
+    if not 1 <= args.k <= len(X_train):
+        raise UserError(f"--k {args.k} must be between 1 and the number of train images ({len(X_train)})")
+    labelled = {s: load_split(paths[s]) for s in ("val", "test") if s in paths}  # cluster_label = true label
+    for s, split in labelled.items():
+        if split.X.shape[1:] != want:
+            raise UserError(f"{paths[s]}: images are {split.X.shape[1:]}, the checkpoint expects {want}")
+    out = Path(args.out)
+    prepare_run_dir(out, vars(args), resume=args.resume)
+    t0 = time.time()
+
     Z = embed(model, X_train, args.batch_size, device, "embed train")
     centres, assign = kmeans(Z, args.k, args.niter, args.seed)
     rows = repeat_small_clusters(assign, args.min_cluster_size)
@@ -113,8 +123,7 @@ def main(argv=None):
                 cluster_label=cluster_label[rows], index=rows, meta=meta)
     save_npz(encoded_path(out, args.dataset, dim, args.k, "train_clusters"), cluster_centers=centres)
     save_npz(encoded_path(out, args.dataset, dim, args.k, "train_emb"), Z=Z, cluster_label=cluster_label)
-    for s in ("val", "test"):
-        split = load_split(paths[s])  # labelled splits: cluster_label is the true label
+    for s, split in labelled.items():
         write_split(encoded_path(out, args.dataset, dim, args.k, s), split.X, split.Y, cluster_label=split.Y,
                     index=np.arange(len(split.X)), meta=meta)
     report = {"pseudo_label_quality": quality, "train_images": int(len(X_train)), "train_rows": int(len(rows)),

@@ -60,6 +60,8 @@ def cosine_lr(base_lr, epoch, epochs, cos=True):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     config = vars(args).copy()
+    if min(args.batch_size, args.queue_size) < 1:
+        raise UserError(f"--batch-size and --queue-size must be >= 1, got {args.batch_size} and {args.queue_size}")
     if args.batch_size > args.queue_size:
         raise UserError(f"--batch-size {args.batch_size} must not exceed --queue-size {args.queue_size}")
     set_threads(args.threads)
@@ -129,8 +131,11 @@ def main(argv=None):
 def load_cfe(path, device="cpu") -> CFE:
     """The trained model of a cfe checkpoint, ready to embed."""
     ckpt = load_checkpoint(path, "cfe")
-    model = CFE(**ckpt["arch"])
-    load_state(model, ckpt["model"], path)
+    try:
+        model = CFE(**ckpt["arch"])
+    except (KeyError, TypeError) as e:  # a hand-made or truncated checkpoint dict
+        raise UserError(f"{path}: cfe checkpoint without a usable 'arch' entry ({e!r})") from None
+    load_state(model, ckpt.get("model"), path)
     return model.to(device).eval()
 
 

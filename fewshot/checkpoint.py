@@ -7,8 +7,6 @@ Only plain containers and tensors go in (never an argparse Namespace), so `torch
 them. Loading checks the kind and loads state dicts strictly: a checkpoint of another model is a clear error.
 """
 
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -27,8 +25,9 @@ def load_checkpoint(path, kind: str) -> dict:
         raise UserError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as e:
-        raise UserError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0]})") from None
+    except Exception as e:  # a damaged or foreign file makes the unpickler raise almost anything (KeyError, ...)
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path}: not a readable checkpoint ({first})") from None
     if not isinstance(ckpt, dict) or "kind" not in ckpt:
         raise UserError(f"{path}: not a checkpoint of this project (no 'kind' entry)")
     if ckpt["kind"] != kind:
@@ -38,6 +37,8 @@ def load_checkpoint(path, kind: str) -> dict:
 
 def load_state(module: torch.nn.Module, state: dict, path) -> None:
     """Strict load that reports a mismatch in one line instead of a long traceback."""
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: holds no weights (expected a state dict, got {type(state).__name__})")
     try:
         module.load_state_dict(state, strict=True)
     except RuntimeError as e:

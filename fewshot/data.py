@@ -35,9 +35,12 @@ def _open(path):
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     try:
-        return np.load(path, allow_pickle=False)
+        npz = np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         raise UserError(f"{path}: not a readable .npz file ({e})") from None
+    if not isinstance(npz, np.lib.npyio.NpzFile):  # a single .npy array: no named arrays to read
+        raise UserError(f"{path}: a single array (.npy), expected an .npz archive of named arrays")
+    return npz
 
 
 def _get(npz, path, key):
@@ -98,7 +101,10 @@ def load_split(path) -> Split:
     cl = _check_labels(_get(npz, path, "cluster_label"), len(X), path, "cluster_label") \
         if "cluster_label" in npz.files else None
     index = _get(npz, path, "index").astype(np.int64) if "index" in npz.files else None
-    meta = json.loads(str(_get(npz, path, "meta"))) if "meta" in npz.files else {}
+    try:
+        meta = json.loads(str(_get(npz, path, "meta"))) if "meta" in npz.files else {}
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: 'meta' is not valid JSON ({e})") from None
     return Split(X=X, Y=Y, cluster_label=cl, index=index, meta=meta, path=str(path))
 
 

@@ -5,6 +5,7 @@ classes 0..N-1 in random order. Indices refer to rows of the split's arrays. Sam
 `numpy.random.Generator`, never global state.
 """
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,6 +59,10 @@ def save_episodes(path, tasks: list, split_path: str, meta: dict | None = None) 
                                for t in tasks]})
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def load_episodes(path, n_images: int, load_file=None) -> tuple[list, dict]:
     """Read tasks written by `save_episodes` or by hand. Items give `index` (a row of the split) or `path` (an
     image file, turned into pixels by `load_file(path) -> HxWxC uint8`). Returns (tasks, extra_images) where
@@ -67,11 +72,21 @@ def load_episodes(path, n_images: int, load_file=None) -> tuple[list, dict]:
         raise UserError(f"{path}: expected an object with a non-empty 'tasks' list")
     extra, tasks = [], []
     for t_no, t in enumerate(doc["tasks"]):
+        if not isinstance(t, dict):
+            raise UserError(f"{path}: task {t_no} is not an object with 'support' and 'query' lists")
         parts = {}
         for part in ("support", "query"):
             idx, ys = [], []
-            for item in t.get(part) or []:
+            items = t.get(part) or []
+            if not isinstance(items, list):
+                raise UserError(f"{path}: task {t_no} {part} is not a list")
+            for item in items:
+                if not isinstance(item, dict) or not _is_int(item.get("label")):
+                    raise UserError(f"{path}: task {t_no} {part} items must be objects with an integer 'label' "
+                                    f"and an 'index' or 'path', got {json.dumps(item)[:80]}")
                 if "index" in item:
+                    if not _is_int(item["index"]):
+                        raise UserError(f"{path}: task {t_no} {part} index {item['index']!r} is not an integer")
                     i = int(item["index"])
                     if not 0 <= i < n_images:
                         raise UserError(f"{path}: task {t_no} {part} index {i} outside the split (0..{n_images - 1})")
@@ -87,6 +102,10 @@ def load_episodes(path, n_images: int, load_file=None) -> tuple[list, dict]:
             if not idx:
                 raise UserError(f"{path}: task {t_no} has no {part} images")
             parts[part] = (np.array(idx), np.array(ys))
+        shared = np.intersect1d(parts["support"][0], parts["query"][0])
+        if len(shared):
+            raise UserError(f"{path}: task {t_no} has images in both its support and query sets "
+                            f"(index {shared[:5].tolist()})")
         n_way = len(np.unique(parts["support"][1]))
         if set(np.unique(parts["query"][1])) - set(np.unique(parts["support"][1])):
             raise UserError(f"{path}: task {t_no} has query labels absent from its support set")

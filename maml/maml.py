@@ -49,6 +49,8 @@ def meta_loss(model, tasks, steps: int, lr: float, first_order: bool = False):
     losses, accs = [], []
     for xs, ys, xq, yq in tasks:
         adapted = adapt(model, params, xs, ys, steps, lr, create_graph=not first_order)
+        if first_order:  # FOMAML: adapt returned detached leaves; the query gradient at them goes to the init
+            adapted = {n: params[n] + (a - params[n]).detach() for n, a in adapted.items()}
         logits = functional_call(model, adapted, (xq,))
         losses.append(F.cross_entropy(logits, yq))
         accs.append((logits.argmax(1) == yq).float().mean())

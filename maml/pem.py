@@ -14,7 +14,7 @@ from fewshot.episodes import Task
 
 
 class ClusterIndex:
-    """Members of each pseudo-class and each cluster's k nearest other clusters (by centre distance)."""
+    """Members of each pseudo-class and, for each cluster, the other clusters ordered by centre distance."""
 
     def __init__(self, cluster_label: np.ndarray, centres: np.ndarray, k: int):
         n_clusters = len(centres)
@@ -24,7 +24,14 @@ class ClusterIndex:
         c = centres.astype(np.float64)
         d = (c * c).sum(1)[:, None] + (c * c).sum(1)[None] - 2 * c @ c.T  # KxK squared distances
         np.fill_diagonal(d, np.inf)  # a cluster is not its own neighbour
-        self.neighbours = np.argsort(d, axis=1, kind="stable")[:, :k]  # Kxk, nearest first
+        self.k = k
+        self.order = np.argsort(d, axis=1, kind="stable")[:, :-1]  # Kx(K-1), nearest first, self excluded
+        self.neighbours = self.order[:, :k]  # Kxk
+
+    def candidates(self, c: int, exclude) -> np.ndarray:
+        """The k nearest clusters to c that are not in `exclude` (the task's other ways)."""
+        keep = self.order[c][~np.isin(self.order[c], exclude)]
+        return keep[: self.k]
 
 
 def entropy(hist: np.ndarray) -> float:
@@ -44,7 +51,9 @@ def pem_queries(task: Task, predict, index: ClusterIndex, n_query: int, rng: np.
     new_query = []
     for way, c in enumerate(task.classes):
         best, best_h = None, -1.0
-        for nb in index.neighbours[c]:
+        # NOTE: DESIGN.md excludes only c itself; we also skip the task's other ways, whose members would come
+        # back as queries labelled with the wrong way (and could repeat that way's support images).
+        for nb in index.candidates(c, task.classes):
             if nb not in cache:
                 cache[nb] = np.asarray(predict(index.members[nb]))
             logits = cache[nb]

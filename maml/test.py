@@ -75,8 +75,10 @@ def main(argv=None):
     want = (arch["image_size"], arch["image_size"], arch["in_channels"])
     if split.X.shape[1:] != want:
         raise UserError(f"{cache}: images are {split.X.shape[1:]}, the model expects {want}")
-    queries = args.queries or cfg["queries"]
-    inner_lr = args.inner_lr or cfg["inner_lr"]
+    queries = args.queries if args.queries is not None else cfg["queries"]
+    inner_lr = args.inner_lr if args.inner_lr is not None else cfg["inner_lr"]
+    if args.episodes and args.save_episodes:
+        raise UserError("--save-episodes writes sampled tasks; it cannot be combined with --episodes")
     X = split.X
     if args.episodes:
         loader = image_file_loader(args.dataset or cfg.get("dataset"), want) if args.dataset or cfg.get("dataset") \

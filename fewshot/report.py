@@ -1,0 +1,82 @@
+"""Summarise a pipeline folder (cfe/, caches/, maml-*/) as a table: accuracy ± 95% CI, pseudo-label quality,
+wall time per stage.
+
+    python -m fewshot.report runs/omniglot-quick
+
+Wall times are read from each stage's own logs (sums of epoch times, so a resumed run counts its work once).
+Writes summary.json and summary.md into the folder and prints the table.
+"""
+
+import argparse
+from pathlib import Path
+
+from fewshot.errors import UserError, cli_main
+from fewshot.io import atomic_path, load_json, read_jsonl, save_json
+
+
+def _epoch_seconds(run: Path):
+    m = run / "metrics.jsonl"
+    return round(sum(r.get("seconds", 0) for r in read_jsonl(m))) if m.is_file() else None
+
+
+def _minutes(seconds):
+    return "-" if seconds is None else f"{seconds / 60:.1f}"
+
+
+def summarise(root: Path) -> list:
+    if not root.is_dir():
+        raise UserError(f"{root}: no such folder")
+    enc = load_json(root / "caches" / "encode.json") if (root / "caches" / "encode.json").is_file() else {}
+    quality = enc.get("pseudo_label_quality", {})
+    rows = []
+    for run in sorted(root.glob("maml*")):
+        if not (run / "config.json").is_file():
+            continue
+        cfg = load_json(run / "config.json")
+        row = {"method": "MAML + PEM" if cfg.get("pem") else "MAML (PEM off)", "run": str(run),
+               "ari": quality.get("ari"), "nmi": quality.get("nmi"),
+               "seconds": {"cfe": _epoch_seconds(root / "cfe"), "encode": enc.get("seconds"),
+                           "maml": _epoch_seconds(run)}}
+        test_seconds = 0
+        for res in sorted((run / "results").glob("test_*.json")):
+            r = load_json(res)
+            row[f"{r['ways']}w{r['shots']}s"] = {k: r[k] for k in ("accuracy", "ci95", "tasks", "steps")}
+            test_seconds += r.get("seconds", 0)
+        row["seconds"]["test"] = round(test_seconds)
+        rows.append(row)
+    if not rows:
+        raise UserError(f"{root}: no maml run folders with results")
+    return rows
+
+
+def to_markdown(rows) -> str:
+    def acc(r, key):
+        return f"{100 * r[key]['accuracy']:.2f} ± {100 * r[key]['ci95']:.2f}" if key in r else "-"
+
+    def num(x):
+        return "-" if x is None else f"{x:.3f}"
+
+    lines = ["| method | 5-way 1-shot (%) | 5-way 5-shot (%) | ARI | NMI | CFE min | encode min | MAML min | test min |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        s = r["seconds"]
+        lines.append(f"| {r['method']} | {acc(r, '5w1s')} | {acc(r, '5w5s')} | {num(r['ari'])} | {num(r['nmi'])} | "
+                     f"{_minutes(s['cfe'])} | {_minutes(s['encode'])} | {_minutes(s['maml'])} | {_minutes(s['test'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m fewshot.report", description=__doc__.split("\n")[0])
+    p.add_argument("root", help="pipeline folder holding cfe/, caches/ and maml-*/")
+    args = p.parse_args(argv)
+    root = Path(args.root)
+    rows = summarise(root)
+    table = to_markdown(rows)
+    save_json(root / "summary.json", rows)
+    with atomic_path(root / "summary.md") as tmp:
+        tmp.write_text(table)
+    print(table, end="")
+
+
+if __name__ == "__main__":
+    cli_main(main)

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# PL-CFE with MAML (+PEM) on Omniglot: prepare data -> CFE -> encode + k-means -> MAML(+PEM) -> meta-test.
+#
+#   bash scripts/omniglot.sh                    # PRESET=quick: the whole chain in about an hour on 2 CPU cores
+#   PRESET=paper bash scripts/omniglot.sh       # the paper's budget (200 CFE epochs, 20 MAML epochs)
+#   PEM=0 bash scripts/omniglot.sh              # ablation: PEM off (reuses the CFE run and caches)
+#
+# Every variable below can be set from the environment. A stage whose output exists is skipped and an
+# interrupted stage resumes, so rerunning the same command continues where it stopped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PRESET=${PRESET:-quick}                   # quick | paper
+OMNIGLOT_SOURCE=${OMNIGLOT_SOURCE:-}      # omniglot.tar.xz, a folder of omniglot_cache_*.npz or of the official
+                                          # zips; unset: download the official zips
+DATA_DIR=${DATA_DIR:-data/omniglot}       # prepared omniglot_cache_{train,val,test}.npz
+RUN_DIR=${RUN_DIR:-runs/omniglot-$PRESET}
+SEED=${SEED:-0}
+DEVICE=${DEVICE:-auto}
+
+case "$PRESET" in
+  paper) d_cfe_epochs=200; d_maml_epochs=20; d_test_steps=50 ;;
+  quick) d_cfe_epochs=40;  d_maml_epochs=10; d_test_steps=50 ;;
+  *) echo "error: PRESET must be quick or paper, got '$PRESET'" >&2; exit 2 ;;
+esac
+
+# CFE (upstream scripts/train_cfe_omni.sh and main_cfe_omni.py)
+CFE_EPOCHS=${CFE_EPOCHS:-$d_cfe_epochs}
+CFE_BATCH=${CFE_BATCH:-256}
+CFE_LR=${CFE_LR:-0.03}
+CFE_TEMPERATURE=${CFE_TEMPERATURE:-0.2}
+CFE_DIM=${CFE_DIM:-64}
+# NOTE: upstream keeps 65,536 keys; Omniglot's train split has 22,000 images, so such a queue holds each image's
+# own older keys as negatives. 16,384 keys (under one epoch) avoids that and costs less per step.
+CFE_QUEUE=${CFE_QUEUE:-16384}
+# k-means pseudo-labels (upstream cfe/cfe_encoding.py)
+K=${K:-500}
+MIN_CLUSTER=${MIN_CLUSTER:-20}
+# MAML + PEM (upstream scripts/omni-maml-pem.sh, train_un_maml_pem.py)
+PEM=${PEM:-1}
+MAML_EPOCHS=${MAML_EPOCHS:-$d_maml_epochs}
+BATCHES_PER_EPOCH=${BATCHES_PER_EPOCH:-100}
+META_BATCH=${META_BATCH:-8}
+INNER_LR=${INNER_LR:-0.1}
+INNER_STEPS=${INNER_STEPS:-1}
+META_LR=${META_LR:-0.001}
+QUERIES=${QUERIES:-5}
+PEM_WARMUP=${PEM_WARMUP:-5}
+PEM_ETA=${PEM_ETA:-0.9}
+PEM_K=${PEM_K:-5}
+VAL_TASKS=${VAL_TASKS:-300}
+# meta-test (upstream test.py: 1,000 tasks, 50 steps)
+TEST_TASKS=${TEST_TASKS:-1000}
+TEST_STEPS=${TEST_STEPS:-$d_test_steps}
+TEST_SHOTS=${TEST_SHOTS:-"1 5"}
+
+source scripts/env.sh
+mkdir -p "$RUN_DIR"
+step() { echo; echo "== $* =="; }
+
+step "data -> $DATA_DIR"
+if [ -f "$DATA_DIR/omniglot_cache_test.npz" ]; then echo "exists, skipped"
+else "$PYTHON" -m fewshot.datasets omniglot ${OMNIGLOT_SOURCE:+--source "$OMNIGLOT_SOURCE"} --out "$DATA_DIR"; fi
+
+step "CFE ($CFE_EPOCHS epochs) -> $RUN_DIR/cfe"
+CFE_CKPT=$RUN_DIR/cfe/checkpoints/epoch_$(printf %04d "$CFE_EPOCHS").pt
+if [ -f "$CFE_CKPT" ]; then echo "exists, skipped"
+else "$PYTHON" -m cfe.train --data "$DATA_DIR/omniglot_cache_train.npz" --out "$RUN_DIR/cfe" --epochs "$CFE_EPOCHS" \
+  --batch-size "$CFE_BATCH" --lr "$CFE_LR" --temperature "$CFE_TEMPERATURE" --dim "$CFE_DIM" \
+  --queue-size "$CFE_QUEUE" --seed "$SEED" --device "$DEVICE" --resume; fi
+
+step "encode + k-means (K=$K) -> $RUN_DIR/caches"
+CACHE=$RUN_DIR/caches/omniglot_${CFE_DIM}_K_${K}
+if [ -f "$RUN_DIR/caches/encode.json" ]; then echo "exists, skipped"
+else "$PYTHON" -m cfe.encode --checkpoint "$CFE_CKPT" --data-dir "$DATA_DIR" --dataset omniglot \
+  --out "$RUN_DIR/caches" --k "$K" --min-cluster-size "$MIN_CLUSTER" --seed "$SEED" --device "$DEVICE" --resume; fi
+
+MAML_DIR=$RUN_DIR/maml-$([ "$PEM" = 1 ] && echo pem || echo nopem)
+step "MAML ($([ "$PEM" = 1 ] && echo "+PEM" || echo "PEM off"), $MAML_EPOCHS epochs) -> $MAML_DIR"
+"$PYTHON" -m maml.train --train-cache "${CACHE}_train.npz" --val-cache "${CACHE}_val.npz" --out "$MAML_DIR" \
+  --epochs "$MAML_EPOCHS" --batches-per-epoch "$BATCHES_PER_EPOCH" --meta-batch "$META_BATCH" \
+  --inner-lr "$INNER_LR" --inner-steps "$INNER_STEPS" --meta-lr "$META_LR" --queries "$QUERIES" \
+  --pem-warmup "$PEM_WARMUP" --pem-eta "$PEM_ETA" --pem-k "$PEM_K" --val-tasks "$VAL_TASKS" \
+  $([ "$PEM" = 1 ] || echo --no-pem) --seed "$SEED" --device "$DEVICE" --resume
+
+for shots in $TEST_SHOTS; do
+  step "meta-test 5-way $shots-shot ($TEST_TASKS tasks, $TEST_STEPS steps)"
+  if [ -f "$MAML_DIR/results/test_5w${shots}s.json" ]; then echo "exists, skipped"
+  else "$PYTHON" -m maml.test --run "$MAML_DIR" --ways 5 --shots "$shots" --tasks "$TEST_TASKS" \
+    --steps "$TEST_STEPS" --seed "$SEED" --device "$DEVICE"; fi
+done
+
+step "summary ($RUN_DIR/summary.md)"
+"$PYTHON" -m fewshot.report "$RUN_DIR"

@@ -1,0 +1,147 @@
+"""cfe.encode: the cache contract of DESIGN.md §3, small-cluster repetition, k-means on every point, and
+validation before anything is written."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from cfe import encode
+from cfe.encode import embed, kmeans, repeat_small_clusters
+from cfe.train import load_cfe
+from fewshot.data import load_array, load_pseudo_labels, load_split, prepared_path, write_split
+from fewshot.errors import UserError
+from fewshot.io import load_json
+from tests.conftest import files_under
+
+
+def test_files_follow_the_cache_contract(encoded):
+    names = sorted(os.listdir(encoded.out))  # os.listdir shows hidden temporary files too
+    stem = f"{encoded.dataset}_{encoded.dim}_K_{encoded.k}"
+    assert names == sorted(["config.json", "encode.json"] + [f"{stem}_{s}.npz" for s in
+                                                              ("train", "val", "test", "train_clusters", "train_emb")])
+    assert not [n for n in names if n.endswith(".tmp") or n.startswith(".")]
+    for split in ("train", "val", "test"):
+        with np.load(encoded.path[split]) as npz:
+            assert {"X", "Y", "cluster_label", "index"} <= set(npz.files)
+            assert npz["X"].dtype == np.uint8 and npz["X"].shape[1:] == (28, 28, 1)
+            assert npz["Y"].dtype == np.int64 and npz["cluster_label"].dtype == np.int64
+    centres = load_array(encoded.path["train_clusters"], "cluster_centers")
+    Z = load_array(encoded.path["train_emb"], "Z")
+    assert centres.shape == (encoded.k, encoded.dim) and Z.shape == (800, encoded.dim)
+    np.testing.assert_allclose(np.linalg.norm(Z, axis=1), 1, atol=1e-5)
+
+
+def test_train_cache_rows_are_prepared_rows_with_their_pseudo_labels(encoded, prepared):
+    split = load_split(encoded.path["train"])
+    X, Y = prepared.X["train"], prepared.Y["train"]
+    assert np.array_equal(split.X, X[split.index]) and np.array_equal(split.Y, Y[split.index])
+    assert np.array_equal(np.unique(split.index), np.arange(len(X)))  # every image is in the cache
+    emb_labels = load_array(encoded.path["train_emb"], "cluster_label")
+    assert np.array_equal(split.cluster_label, emb_labels[split.index])
+    assert set(np.unique(split.cluster_label)) == set(range(encoded.k))
+    X2, pseudo, index = load_pseudo_labels(encoded.path["train"])  # what the meta-learners read
+    assert np.array_equal(pseudo, split.cluster_label) and np.array_equal(index, split.index)
+
+
+def test_small_clusters_are_repeated_to_the_minimum_and_big_ones_kept(encoded):
+    split = load_split(encoded.path["train"])
+    emb_labels = load_array(encoded.path["train_emb"], "cluster_label")
+    sizes = np.bincount(emb_labels)
+    rows = np.bincount(split.cluster_label)
+    assert (rows >= encoded.min_size).all()
+    assert (rows == np.maximum(sizes, encoded.min_size)).all()
+    assert (sizes < encoded.min_size).any() and (sizes >= encoded.min_size).any()  # both cases occur here
+    report = load_json(encoded.out / "encode.json")
+    assert report["repeated_rows"] == len(split.index) - 800 > 0
+
+
+def test_val_and_test_keep_their_true_labels(encoded, prepared):
+    for s in ("val", "test"):
+        split = load_split(encoded.path[s])
+        assert np.array_equal(split.cluster_label, split.Y)
+        assert np.array_equal(split.X, prepared.X[s]) and np.array_equal(split.Y, prepared.Y[s])
+        assert np.array_equal(split.index, np.arange(len(split.Y)))
+        assert split.meta["k"] == encoded.k
+
+
+def test_report_has_pseudo_label_quality(encoded):
+    q = load_json(encoded.out / "encode.json")["pseudo_label_quality"]
+    assert set(q) == {"ari", "nmi", "purity", "clusters"} and q["clusters"] == encoded.k
+    assert 0 <= q["nmi"] <= 1 and 0 < q["purity"] <= 1
+
+
+def test_rerun_needs_resume_and_labels_do_not_depend_on_the_true_train_labels(encoded, prepared, cfe_checkpoint,
+                                                                              tmp_path):
+    argv = ["--checkpoint", str(cfe_checkpoint), "--data-dir", str(prepared.root), "--dataset", prepared.name,
+            "--out", str(encoded.out), "--k", str(encoded.k), "--niter", "10", "--min-cluster-size",
+            str(encoded.min_size), "--device", "cpu", "--threads", "1"]
+    before = files_under(encoded.out)
+    with pytest.raises(UserError, match="already holds a run"):
+        encode.main(argv)
+    assert files_under(encoded.out) == before
+    # same images, shuffled true labels: k-means must give exactly the same pseudo-labels (seeded, labels unseen)
+    data = tmp_path / "data"
+    for s in ("train", "val", "test"):
+        Y = prepared.Y[s]
+        write_split(prepared_path(data, prepared.name, s), prepared.X[s],
+                    np.random.default_rng(1).permutation(Y) if s == "train" else Y)
+    out = tmp_path / "again"
+    argv[argv.index("--data-dir") + 1], argv[argv.index("--out") + 1] = str(data), str(out)
+    encode.main(argv)
+    a = load_split(encoded.path["train"])
+    b = load_split(out / encoded.path["train"].name)
+    assert np.array_equal(a.cluster_label, b.cluster_label) and np.array_equal(a.index, b.index)
+    assert not np.array_equal(a.Y, b.Y)
+
+
+def test_missing_val_and_test_are_optional(prepared, cfe_checkpoint, tmp_path):
+    data = tmp_path / "data"
+    write_split(prepared_path(data, "onlytrain", "train"), prepared.X["train"][:200], prepared.Y["train"][:200])
+    out = tmp_path / "out"
+    encode.main(["--checkpoint", str(cfe_checkpoint), "--data-dir", str(data), "--dataset", "onlytrain",
+                 "--out", str(out), "--k", "4", "--niter", "5", "--min-cluster-size", "5", "--threads", "1",
+                 "--device", "cpu"])
+    assert sorted(p.name for p in out.glob("*.npz")) == [f"onlytrain_16_K_4_{s}.npz" for s in
+                                                         ("train", "train_clusters", "train_emb")]
+
+
+def test_repeat_small_clusters_by_hand():
+    assign = np.array([2, 0, 2, 1, 0, 2, 2, 0, 2])  # sizes: 0 -> 3, 1 -> 1, 2 -> 5
+    rows = repeat_small_clusters(assign, 4)
+    assert np.array_equal(np.bincount(assign[rows]), [4, 4, 5])
+    assert np.array_equal(np.sort(rows[assign[rows] == 2]), np.flatnonzero(assign == 2))  # big cluster untouched
+    assert np.array_equal(rows[assign[rows] == 1], [3, 3, 3, 3])  # the single member, copied
+    assert np.array_equal(np.bincount(rows[assign[rows] == 0], minlength=8)[[1, 4, 7]], [2, 1, 1])
+    assert np.all(np.diff(rows) >= 0) and set(rows) == set(range(len(assign)))
+    assert np.array_equal(repeat_small_clusters(assign, 1), np.arange(len(assign)))  # nothing to repeat
+
+
+def test_kmeans_uses_every_point_not_a_subsample():
+    """With 3,000 points and k = 2, faiss would subsample to 256 per centroid by default; on every point, a
+    converged centre is exactly the mean of all the points assigned to it."""
+    rng = np.random.default_rng(0)
+    Z = np.concatenate([rng.normal(0, 1, (1500, 4)), rng.normal(8, 1, (1500, 4))]).astype(np.float32)
+    centres, assign = kmeans(Z, 2, niter=20, seed=0)
+    assert assign.shape == (3000,) and set(np.unique(assign)) == {0, 1}
+    assert np.bincount(assign).tolist() == [1500, 1500]
+    for j in range(2):
+        np.testing.assert_allclose(centres[j], Z[assign == j].mean(0), atol=1e-4)
+    again = kmeans(Z, 2, niter=20, seed=0)
+    assert np.array_equal(again[1], assign) and np.array_equal(again[0], centres)
+
+
+def test_kmeans_refuses_more_clusters_than_points():
+    with pytest.raises(UserError, match="larger than the number of train images"):
+        kmeans(np.zeros((5, 3), np.float32), 6, niter=5, seed=0)
+
+
+def test_embed_is_normalised_and_independent_of_the_batch_size(cfe_checkpoint, prepared):
+    model = load_cfe(cfe_checkpoint)
+    X = prepared.X["val"][:50]
+    a = embed(model, X, 7, torch.device("cpu"))
+    b = embed(model, X, 1024, torch.device("cpu"))
+    assert a.shape == (50, 16) and a.dtype == np.float32
+    np.testing.assert_allclose(a, b, atol=1e-5)  # eval mode: batch norm uses running statistics
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1, atol=1e-5)

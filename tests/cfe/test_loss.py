@@ -1,0 +1,92 @@
+"""cfe.loss.cfe_loss against hand-computed numbers (DESIGN.md §4): logits mu_n . sg([mu; queue]) / T, target n,
+gradient only through the first factor mu and only through q."""
+
+import numpy as np
+import pytest
+import torch
+
+from cfe.loss import cfe_loss
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _reference(q, k, queue, t):
+    """Loss and dloss/dq in numpy: mu = (q+k)/2, logits = mu @ [mu; queue].T / t with the right side constant."""
+    n = len(q)
+    mu = (q + k) / 2
+    keys = np.concatenate([mu, queue])
+    p = _softmax(mu @ keys.T / t)
+    loss = -np.log(p[np.arange(n), np.arange(n)]).mean()
+    g_logits = (p - np.eye(n, len(keys))) / n  # d mean CE / d logits
+    g_mu = g_logits @ keys / t  # the keys side is a stop-gradient
+    return loss, g_mu / 2  # dmu/dq = 1/2
+
+
+# N=2, C=2, K=1: two unit queries, two unit keys, one queue entry, T = 0.5
+Q = np.array([[1.0, 0.0], [0.6, 0.8]])
+K = np.array([[0.8, 0.6], [0.0, 1.0]])
+QUEUE = np.array([[-1.0, 0.0]])
+T = 0.5
+
+
+def test_two_by_two_case_by_hand():
+    # mu_0 = (0.9, 0.3), mu_1 = (0.3, 0.9); row n of the logits = [mu_n.mu_0, mu_n.mu_1, mu_n.queue_0] / T
+    logits = np.array([[0.90, 0.54, -0.90], [0.54, 0.90, -0.30]]) / T
+    want_loss = -np.mean([np.log(_softmax(logits)[0, 0]), np.log(_softmax(logits)[1, 1])])
+    p = _softmax(logits)
+    keys = np.array([[0.9, 0.3], [0.3, 0.9], [-1.0, 0.0]])
+    onehot = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    want_grad_q = 0.5 * ((p - onehot) / 2) @ keys / T
+
+    q = torch.tensor(Q, requires_grad=True)
+    k = torch.tensor(K, requires_grad=True)  # even a key that asks for a gradient must not get one
+    queue = torch.tensor(QUEUE, requires_grad=True)
+    loss = cfe_loss(q, k, queue, T)
+    loss.backward()
+    assert loss.item() == pytest.approx(want_loss, rel=1e-12)
+    assert loss.item() == pytest.approx(0.4353, abs=1e-4)  # (0.4148 + 0.4558) / 2, written out
+    np.testing.assert_allclose(q.grad.numpy(), want_grad_q, rtol=1e-10, atol=1e-12)
+    assert k.grad is None and queue.grad is None
+
+
+def test_gradient_is_not_the_one_without_stop_gradient():
+    """The hand gradient must differ from the gradient through both factors, so the test above can tell them apart."""
+    q = torch.tensor(Q, requires_grad=True)
+    mu = (q + torch.tensor(K)) / 2
+    logits = mu @ torch.cat([mu, torch.tensor(QUEUE)]).T / T  # no stop-gradient on the right side
+    torch.nn.functional.cross_entropy(logits, torch.arange(2)).backward()
+    _, stop_grad = _reference(Q, K, QUEUE, T)
+    assert not np.allclose(q.grad.numpy(), stop_grad, atol=1e-3)
+
+
+@pytest.mark.parametrize("n,c,k,t", [(5, 3, 7, 0.2), (1, 4, 2, 1.0), (8, 16, 32, 0.07)])
+def test_matches_numpy_reference_on_random_inputs(n, c, k, t):
+    g = torch.Generator().manual_seed(n * 100 + k)
+    q = torch.nn.functional.normalize(torch.randn(n, c, generator=g, dtype=torch.float64), dim=1)
+    key = torch.nn.functional.normalize(torch.randn(n, c, generator=g, dtype=torch.float64), dim=1)
+    queue = torch.nn.functional.normalize(torch.randn(k, c, generator=g, dtype=torch.float64), dim=1)
+    want_loss, want_grad = _reference(q.numpy(), key.numpy(), queue.numpy(), t)
+    q.requires_grad_()
+    loss = cfe_loss(q, key, queue, t)
+    loss.backward()
+    assert loss.item() == pytest.approx(want_loss, rel=1e-10)
+    np.testing.assert_allclose(q.grad.numpy(), want_grad, rtol=1e-8, atol=1e-12)
+
+
+def test_agreeing_views_score_lower_than_disagreeing_ones():
+    """The loss rewards |mu_n|^2 (two views agreeing): keys equal to the queries beat orthogonal keys."""
+    q = torch.eye(4, dtype=torch.float64)[:2]
+    queue = torch.eye(4, dtype=torch.float64)[2:]
+    agree = cfe_loss(q, q.clone(), queue, 0.2)
+    disagree = cfe_loss(q, q.flip(0), queue, 0.2)  # each key is the other image's query
+    assert agree < disagree
+
+
+def test_shape_mismatch_is_refused():
+    with pytest.raises(AssertionError):
+        cfe_loss(torch.zeros(2, 3), torch.zeros(3, 3), torch.zeros(4, 3), 0.2)
+    with pytest.raises(AssertionError):
+        cfe_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(4, 5), 0.2)

@@ -1,0 +1,110 @@
+"""cfe.model.CFE: the queue (enqueue, wrap-around, pointer), the key encoder's momentum update and the forward
+pass (the key encoder never receives a gradient)."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cfe.loss import cfe_loss
+from cfe.model import CFE
+
+
+def tiny(queue_size=16, momentum=0.9, seed=0):
+    torch.manual_seed(seed)
+    return CFE(in_channels=1, hidden=4, image_size=28, dim=8, mlp=True, queue_size=queue_size,
+               momentum=momentum, temperature=0.2)
+
+
+def test_enqueue_writes_in_order_and_wraps_around():
+    model = tiny(queue_size=8)
+    start = model.queue.clone()
+    keys = [torch.full((3, 8), float(i + 1)) for i in range(3)]
+    model.enqueue(keys[0])
+    assert model.queue_ptr.item() == 3
+    assert torch.equal(model.queue[:3], keys[0]) and torch.equal(model.queue[3:], start[3:])
+    model.enqueue(keys[1])
+    assert model.queue_ptr.item() == 6
+    assert torch.equal(model.queue[3:6], keys[1]) and torch.equal(model.queue[6:], start[6:])
+    model.enqueue(keys[2])  # rows 6, 7, then 0: wraps past the end
+    assert model.queue_ptr.item() == 1
+    assert torch.equal(model.queue[6:8], keys[2][:2]) and torch.equal(model.queue[0], keys[2][2])
+    assert torch.equal(model.queue[1:3], keys[0][1:])  # the rest of the oldest batch survives
+    model.enqueue(torch.zeros(7, 8))  # ptr 1 + 7 = 8 -> back to 0
+    assert model.queue_ptr.item() == 0
+
+
+def test_enqueue_refuses_a_batch_larger_than_the_queue():
+    with pytest.raises(AssertionError):
+        tiny(queue_size=4).enqueue(torch.zeros(5, 8))
+
+
+def test_queue_and_pointer_are_saved_in_the_state_dict():
+    model = tiny()
+    model.enqueue(torch.ones(5, 8))
+    state = model.state_dict()
+    assert "queue" in state and state["queue_ptr"].item() == 5
+    other = tiny(seed=1)
+    other.load_state_dict(state)
+    assert torch.equal(other.queue, model.queue) and other.queue_ptr.item() == 5
+
+
+def test_initial_queue_is_normalised_and_key_encoder_starts_as_query_encoder():
+    model = tiny()
+    torch.testing.assert_close(model.queue.norm(dim=1), torch.ones(16))
+    for pk, pq in zip(model.encoder_k.parameters(), model.encoder_q.parameters()):
+        assert torch.equal(pk, pq) and pk.data_ptr() != pq.data_ptr()  # equal values, separate storage
+        assert not pk.requires_grad
+
+
+def test_momentum_update_is_an_exponential_moving_average():
+    model = tiny(momentum=0.9)
+    with torch.no_grad():
+        for p in model.encoder_q.parameters():
+            p.add_(torch.randn_like(p))
+    before_k = [p.clone() for p in model.encoder_k.parameters()]
+    q = [p.clone() for p in model.encoder_q.parameters()]
+    model.momentum_update()
+    for pk, k0, pq in zip(model.encoder_k.parameters(), before_k, q):
+        torch.testing.assert_close(pk, 0.9 * k0 + 0.1 * pq)
+        assert not torch.equal(pk, k0) or torch.equal(k0, pq)
+    for pq, q0 in zip(model.encoder_q.parameters(), q):
+        assert torch.equal(pq, q0)  # f_q is untouched
+
+
+def test_forward_matches_the_loss_on_the_old_queue_then_enqueues_the_keys():
+    model = tiny(queue_size=16)
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    x1, x2 = torch.rand(6, 1, 28, 28, generator=g), torch.rand(6, 1, 28, 28, generator=g)
+    ref = copy.deepcopy(model)
+    old_queue = model.queue.clone()
+
+    loss = model(x1, x2)
+
+    ref.momentum_update()  # by hand: update f_k, embed both views, loss against the queue as it was
+    q = ref.embed(x1)
+    with torch.no_grad():
+        k = F.normalize(ref.encoder_k(x2), dim=1)
+    torch.testing.assert_close(loss, cfe_loss(q, k, old_queue, 0.2))
+    torch.testing.assert_close(model.queue[:6], k)  # keys enqueued at the old pointer
+    assert torch.equal(model.queue[6:], old_queue[6:])
+    assert model.queue_ptr.item() == 6
+
+
+def test_key_encoder_gets_no_gradient_and_query_encoder_does():
+    model = tiny()
+    x = torch.rand(4, 1, 28, 28)
+    model(x, x.flip(-1)).backward()
+    assert all(p.grad is None for p in model.encoder_k.parameters())
+    assert all(p.grad is not None for p in model.encoder_q.parameters())
+    assert any(p.grad.abs().sum() > 0 for p in model.encoder_q.parameters())
+    assert not model.queue.requires_grad
+
+
+def test_embed_is_unit_norm_with_the_head():
+    model = tiny().eval()
+    z = model.embed(torch.rand(5, 1, 28, 28))
+    assert z.shape == (5, 8)
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(5))

@@ -1,0 +1,125 @@
+"""cfe.train: an interrupted and resumed run ends bit-identical to an uninterrupted one; reruns into an existing
+run folder need --resume with the same settings; a non-finite loss stops the run with a clear error."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cfe import train
+from cfe.train import cosine_lr, load_cfe
+from fewshot.checkpoint import load_checkpoint
+from fewshot.errors import UserError
+from fewshot.io import read_jsonl, save_npz
+from tests.conftest import files_under
+
+EPOCHS = 3
+
+
+def args(data, out, *extra):
+    # 800 images, batch 64: 12 steps per epoch; a 256-key queue wraps around within the first epoch
+    return ["--data", str(data), "--out", str(out), "--epochs", str(EPOCHS), "--batch-size", "64",
+            "--queue-size", "256", "--hidden", "8", "--dim", "16", "--save-every", "2", "--device", "cpu",
+            "--threads", "1", *map(str, extra)]
+
+
+@pytest.fixture(scope="module")
+def images_only(prepared, tmp_path_factory):
+    """The train images in a file without labels: training must not need them."""
+    path = tmp_path_factory.mktemp("cfe_train_data") / "unlabelled.npz"
+    save_npz(path, X=prepared.X["train"])
+    return path
+
+
+@pytest.fixture(scope="module")
+def runs(images_only, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cfe_runs")
+    whole, halted = root / "whole", root / "halted"
+    train.main(args(images_only, whole))
+    train.main(args(images_only, halted, "--halt-after", 1))
+    after_halt = load_checkpoint(halted / "checkpoints" / "last.pt", "cfe")
+    train.main(args(images_only, halted, "--resume"))
+    return whole, halted, after_halt
+
+
+def test_halt_after_stops_with_a_checkpoint_of_that_epoch(runs):
+    _, _, after_halt = runs
+    assert after_halt["epoch"] == 1
+
+
+def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(runs):
+    whole, halted, after_halt = runs
+    a = load_checkpoint(whole / "checkpoints" / "last.pt", "cfe")
+    b = load_checkpoint(halted / "checkpoints" / "last.pt", "cfe")
+    assert a["epoch"] == b["epoch"] == EPOCHS
+    assert a["model"].keys() == b["model"].keys()
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    assert a["model"]["queue_ptr"].item() == (EPOCHS * 12 * 64) % 256
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    # and training did something: the weights moved away from the first epoch's
+    first_conv = "encoder_q.0.blocks.0.0.weight"
+    assert not torch.equal(a["model"][first_conv], after_halt["model"][first_conv])
+
+
+def test_metrics_log_has_each_epoch_once_and_snapshots_follow_save_every(runs):
+    whole, halted, _ = runs
+    for run in (whole, halted):
+        rows = read_jsonl(run / "metrics.jsonl")
+        assert [r["epoch"] for r in rows] == [1, 2, 3]
+        assert all(np.isfinite(r["loss"]) for r in rows)
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_0002.pt", "epoch_0003.pt", "last.pt"]
+    losses = [[r["loss"] for r in read_jsonl(run / "metrics.jsonl")] for run in (whole, halted)]
+    assert losses[0] == losses[1]
+    cfg = json.loads((whole / "config.json").read_text())
+    assert cfg["batch_size"] == 64 and "git_commit" in cfg and "versions" in cfg
+
+
+def test_checkpoint_loads_as_a_model(runs):
+    whole, _, _ = runs
+    model = load_cfe(whole / "checkpoints" / "last.pt")
+    assert not model.training and model.arch["dim"] == 16
+    assert model.embed(torch.zeros(2, 1, 28, 28)).shape == (2, 16)
+
+
+def test_rerun_into_an_existing_run_without_resume_is_refused(runs, images_only):
+    whole, _, _ = runs
+    before = files_under(whole)
+    with pytest.raises(UserError, match="already holds a run; pass --resume"):
+        train.main(args(images_only, whole))
+    assert files_under(whole) == before
+
+
+def test_resume_with_other_settings_is_refused(runs, images_only):
+    whole, _, _ = runs
+    before = files_under(whole)
+    with pytest.raises(UserError, match="differ .*lr"):
+        train.main(args(images_only, whole, "--resume", "--lr", "0.1"))
+    assert files_under(whole) == before
+
+
+def test_non_finite_loss_is_a_clear_error(images_only, tmp_path, monkeypatch):
+    monkeypatch.setattr("cfe.model.cfe_loss", lambda q, k, queue, t: (q * float("nan")).sum())
+    with pytest.raises(UserError, match="non-finite loss .* epoch 1 step 0"):
+        train.main(args(images_only, tmp_path / "run", "--epochs", 1))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--batch-size", 300], "must not exceed --queue-size"),
+    (["--batch-size", 0], "must be >= 1"),
+    (["--batch-size", 1024, "--queue-size", 1024], "800 images, fewer than one batch"),
+])
+def test_impossible_settings_are_refused_before_the_run_folder_exists(images_only, tmp_path, extra, message):
+    with pytest.raises(UserError, match=message):
+        train.main(args(images_only, tmp_path / "run", *extra))
+    assert not (tmp_path / "run").exists()
+
+
+def test_cosine_schedule():
+    assert cosine_lr(0.03, 0, 10) == pytest.approx(0.03)
+    assert cosine_lr(0.03, 5, 10) == pytest.approx(0.015)
+    assert cosine_lr(0.03, 10, 10) == pytest.approx(0.0, abs=1e-12)
+    assert cosine_lr(0.03, 7, 10, cos=False) == 0.03

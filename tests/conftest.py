@@ -1,0 +1,137 @@
+"""Shared fixtures: a tiny synthetic prepared dataset, a tiny CFE checkpoint, its encoded caches, and a helper
+that runs a stage's `main(argv)` in-process the way its command line does (through `cli_main`).
+
+Everything here is small enough for a 2-core machine; torch uses one thread in every test."""
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from fewshot.checkpoint import save_checkpoint
+from fewshot.data import SPLITS, encoded_path, prepared_path, write_split
+from fewshot.errors import cli_main
+
+DATASET = "synth"
+CLASSES = {"train": 40, "val": 10, "test": 10}  # disjoint label ranges: train 0-39, val 40-49, test 50-59
+PER_CLASS = 20
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def synthetic_images(n_classes, per_class, first_label=0, size=28, channels=1, seed=0):
+    """(X uint8 N x size x size x channels, Y int64): each class is a few bright bars, each image a shifted noisy
+    copy of its class's pattern, so classes are distinguishable but not trivially identical."""
+    rng = np.random.default_rng(seed)
+    X = np.empty((n_classes * per_class, size, size, channels), dtype=np.uint8)
+    for c in range(n_classes):
+        pattern = np.zeros((size, size), dtype=np.float64)
+        for _ in range(3):
+            r, s = rng.integers(2, size - 8, 2)
+            h, w = rng.integers(2, 8, 2)
+            pattern[r:r + h, s:s + w] = 220
+        for i in range(per_class):
+            img = np.roll(pattern, tuple(rng.integers(-2, 3, 2)), axis=(0, 1)) + rng.normal(0, 20, (size, size))
+            X[c * per_class + i] = np.clip(img, 0, 255).astype(np.uint8)[..., None]
+    Y = np.repeat(np.arange(first_label, first_label + n_classes), per_class).astype(np.int64)
+    return X, Y
+
+
+def make_prepared(root, name=DATASET, classes=None, per_class=PER_CLASS, size=28, channels=1, seed=0):
+    """Write {name}_cache_{split}.npz into root with fewshot.data.write_split; returns {split: (path, X, Y)}."""
+    classes = classes or CLASSES
+    out, first = {}, 0
+    for i, split in enumerate(s for s in SPLITS if s in classes):
+        X, Y = synthetic_images(classes[split], per_class, first, size, channels, seed + i)
+        path = prepared_path(root, name, split)
+        write_split(path, X, Y)
+        out[split] = (path, X, Y)
+        first += classes[split]
+    return out
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """The shared synthetic dataset (read-only: copy it before changing anything). Attributes: root, name,
+    path[split], X[split], Y[split]."""
+    root = tmp_path_factory.mktemp("prepared")
+    splits = make_prepared(root)
+    return SimpleNamespace(root=root, name=DATASET, path={s: v[0] for s, v in splits.items()},
+                           X={s: v[1] for s, v in splits.items()}, Y={s: v[2] for s, v in splits.items()})
+
+
+TINY_CFE = dict(in_channels=1, hidden=8, image_size=28, dim=16, mlp=True, queue_size=256, momentum=0.99,
+                temperature=0.2)
+
+
+@pytest.fixture(scope="session")
+def cfe_checkpoint(tmp_path_factory):
+    """An untrained but valid tiny cfe checkpoint (what cfe.train writes, minus the optimizer)."""
+    from cfe.model import CFE
+
+    torch.manual_seed(0)
+    model = CFE(**TINY_CFE)
+    path = tmp_path_factory.mktemp("cfe_ckpt") / "last.pt"
+    save_checkpoint(path, "cfe", arch=model.arch, model=model.state_dict(), epoch=1, config={})
+    return path
+
+
+ENCODE_K, ENCODE_MIN = 10, 100  # 800 train images in 10 clusters: some are smaller than 100 and get repeated
+
+
+@pytest.fixture(scope="session")
+def encoded(tmp_path_factory, prepared, cfe_checkpoint):
+    """cfe.encode run once on the synthetic dataset. Attributes: out, dataset, dim, k, min_size, path[split]
+    for train/val/test/train_clusters/train_emb."""
+    from cfe import encode
+
+    out = tmp_path_factory.mktemp("encoded") / "caches"
+    encode.main(["--checkpoint", str(cfe_checkpoint), "--data-dir", str(prepared.root), "--dataset", prepared.name,
+                 "--out", str(out), "--k", str(ENCODE_K), "--niter", "10", "--min-cluster-size", str(ENCODE_MIN),
+                 "--device", "cpu", "--threads", "1"])
+    dim = TINY_CFE["dim"]
+    names = ("train", "val", "test", "train_clusters", "train_emb")
+    return SimpleNamespace(out=out, dataset=prepared.name, dim=dim, k=ENCODE_K, min_size=ENCODE_MIN,
+                           path={s: encoded_path(out, prepared.name, dim, ENCODE_K, s) for s in names})
+
+
+@dataclass
+class CliResult:
+    code: int  # 0 when main returned normally, else the SystemExit status (2 for a UserError)
+    out: str
+    err: str
+
+
+@pytest.fixture
+def run_main(capsys):
+    """run_main("cfe.train", [...]) -> CliResult: runs the module's main(argv) in-process through cli_main, as
+    `python -m module` would, and captures its output. Any exception other than UserError propagates."""
+    def run(module: str, argv) -> CliResult:
+        main = importlib.import_module(module).main
+        capsys.readouterr()
+        try:
+            cli_main(main, [str(a) for a in argv])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+    return run
+
+
+def files_under(root) -> dict:
+    """{relative path: (size, mtime_ns)} of every file below root (hidden ones included); {} if root is absent."""
+    root = Path(root)
+    if not root.exists():
+        return {}
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}

@@ -1,0 +1,177 @@
+"""fewshot.data (the cache format) and fewshot.datasets: round trips, upstream files without `index`/`meta`,
+bad files as UserError, and disjoint class splits (synthetic, digits, and the real Omniglot caches)."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fewshot.data import (
+    SPLITS,
+    assert_disjoint_classes,
+    check_images,
+    encoded_path,
+    load_images,
+    load_pseudo_labels,
+    load_split,
+    prepared_path,
+    write_split,
+)
+from fewshot.errors import UserError
+from fewshot.io import load_json
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared/data"
+
+
+def omniglot_archive() -> Path:
+    """As tests/fewshot/test_omniglot.py: OMNIGLOT_SOURCE if it names the .tar.xz, else the shared copy."""
+    source = os.environ.get("OMNIGLOT_SOURCE", "")
+    path = SHARED / "omniglot/omniglot.tar.xz"
+    if source.endswith(".tar.xz") and Path(source).is_file():
+        path = Path(source)
+    if not path.is_file():
+        pytest.skip(f"Omniglot data not found at {path} (set OMNIGLOT_SOURCE to omniglot.tar.xz)")
+    return path
+
+
+def test_file_names():
+    assert prepared_path("d", "omniglot", "val") == Path("d/omniglot_cache_val.npz")
+    assert encoded_path("c", "omniglot", 64, 500, "train_clusters") == Path("c/omniglot_64_K_500_train_clusters.npz")
+
+
+def test_write_and_load_round_trip(tmp_path):
+    X = np.random.default_rng(0).integers(0, 256, (6, 28, 28, 1), dtype=np.uint8)
+    path = tmp_path / "s.npz"
+    write_split(path, X, np.array([3, 3, 1, 1, 2, 2], dtype=np.int32), cluster_label=[0, 0, 1, 1, 1, 0],
+                index=[5, 4, 3, 2, 1, 0], meta={"k": 2})
+    s = load_split(path)
+    assert np.array_equal(s.X, X) and s.Y.dtype == np.int64 and s.Y.tolist() == [3, 3, 1, 1, 2, 2]
+    assert s.labels.tolist() == [0, 0, 1, 1, 1, 0]  # episodes come from the pseudo-labels when present
+    assert s.index.tolist() == [5, 4, 3, 2, 1, 0] and s.meta == {"k": 2} and s.path == str(path)
+    assert os.listdir(tmp_path) == ["s.npz"]
+
+
+def test_grey_images_without_channel_axis_get_one(tmp_path):
+    X = np.zeros((4, 28, 28), dtype=np.uint8)
+    write_split(tmp_path / "g.npz", X, np.arange(4))
+    assert load_images(tmp_path / "g.npz").shape == (4, 28, 28, 1)
+    assert check_images(X).shape == (4, 28, 28, 1)
+
+
+def test_upstream_files_without_index_or_meta_load(tmp_path):
+    """The upstream PL-CFE caches hold only X, Y (and cluster_label for the encoded ones)."""
+    X = np.zeros((5, 28, 28, 1), np.uint8)
+    np.savez(tmp_path / "omniglot_cache_train.npz", X=X, Y=np.arange(5))
+    s = load_split(tmp_path / "omniglot_cache_train.npz")
+    assert s.cluster_label is None and s.index is None and s.meta == {} and s.labels.tolist() == [0, 1, 2, 3, 4]
+    np.savez(tmp_path / "omniglot_64_K_500_train.npz", X=X, Y=np.arange(5), cluster_label=np.array([1, 1, 0, 0, 2]))
+    X2, pseudo, index = load_pseudo_labels(tmp_path / "omniglot_64_K_500_train.npz")
+    assert pseudo.tolist() == [1, 1, 0, 0, 2] and index.tolist() == [0, 1, 2, 3, 4]
+
+
+def test_unsupervised_readers_do_not_need_labels(tmp_path):
+    path = tmp_path / "x_only.npz"
+    np.savez(path, X=np.zeros((3, 28, 28, 1), np.uint8), cluster_label=np.array([0, 1, 0]))
+    assert load_images(path).shape == (3, 28, 28, 1)
+    assert load_pseudo_labels(path)[1].tolist() == [0, 1, 0]
+    with pytest.raises(UserError, match="missing array 'Y'"):
+        load_split(path)
+
+
+def _npz(tmp_path, name, **arrays):
+    path = tmp_path / name
+    np.savez(path, **arrays)
+    return path
+
+
+def _npy(tmp_path, name, array):
+    path = tmp_path / name
+    np.save(path, array)
+    return path
+
+
+def _bytes(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+GOOD_X = np.zeros((3, 28, 28, 1), np.uint8)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d / "absent.npz", "file not found"),
+    (lambda d: d, "file not found"),  # a folder
+    (lambda d: _bytes(d, "rand.npz", np.random.default_rng(0).bytes(3000)), "not a readable .npz"),
+    (lambda d: _bytes(d, "empty.npz", b""), "not a readable .npz"),
+    (lambda d: _bytes(d, "text.npz", b"X,Y\n1,2\n"), "not a readable .npz"),
+    (lambda d: _npy(d, "plain.npy", GOOD_X), "single array"),
+    (lambda d: _npz(d, "f32.npz", X=np.zeros((3, 28, 28), np.float32), Y=np.arange(3)), "must be uint8"),
+    (lambda d: _npz(d, "flat.npz", X=np.zeros((3, 5), np.uint8), Y=np.arange(3)), r"\(N,H,W,C\).*\(3, 5\)"),
+    (lambda d: _npz(d, "c4.npz", X=np.zeros((3, 8, 8, 4), np.uint8), Y=np.arange(3)), "C in"),
+    (lambda d: _npz(d, "none.npz", X=np.zeros((0, 8, 8, 1), np.uint8), Y=np.arange(0)), "no images"),
+    (lambda d: _npz(d, "noX.npz", Y=np.arange(3)), "missing array 'X' \\(has Y\\)"),
+    (lambda d: _npz(d, "obj.npz", X=np.array([{}, {}], dtype=object), Y=np.arange(2)), "array 'X' is corrupt"),
+    (lambda d: _npz(d, "ylen.npz", X=GOOD_X, Y=np.arange(4)), r"'Y' must have shape \(3,\)"),
+    (lambda d: _npz(d, "ystr.npz", X=GOOD_X, Y=np.array(["a", "b", "c"])), "'Y' must hold integers"),
+    (lambda d: _npz(d, "cl.npz", X=GOOD_X, Y=np.arange(3), cluster_label=np.zeros(2, int)), "'cluster_label' must"),
+    (lambda d: _npz(d, "meta.npz", X=GOOD_X, Y=np.arange(3), meta=np.array("{oops")), "'meta' is not valid JSON"),
+])
+def test_bad_files_raise_user_error(tmp_path, make, message):
+    with pytest.raises(UserError, match=message):
+        load_split(make(tmp_path))
+
+
+def test_truncated_and_damaged_npz(tmp_path):
+    good = tmp_path / "good.npz"
+    write_split(good, np.random.default_rng(0).integers(0, 256, (20, 28, 28, 1), dtype=np.uint8), np.arange(20))
+    data = good.read_bytes()
+    with pytest.raises(UserError, match="not a readable .npz"):
+        load_split(_bytes(tmp_path, "cut.npz", data[: len(data) // 2]))
+    damaged = bytearray(data)
+    damaged[200:300] = bytes(100)  # inside X's (uncompressed) payload: the CRC check catches it
+    with pytest.raises(UserError, match="corrupt"):
+        load_images(_bytes(tmp_path, "damaged.npz", bytes(damaged)))
+
+
+def test_write_split_refuses_float_images(tmp_path):
+    with pytest.raises(UserError, match="uint8"):
+        write_split(tmp_path / "f.npz", np.zeros((2, 28, 28, 1), np.float32), [0, 1])
+    assert not (tmp_path / "f.npz").exists()
+
+
+def test_assert_disjoint_classes():
+    assert_disjoint_classes({"train": [0, 1, 2], "val": [3, 4], "test": [5, 6, 6]})
+    with pytest.raises(UserError, match="'train' and 'test' share 2 classes \\(e.g. \\[1, 2\\]\\)"):
+        assert_disjoint_classes({"train": [0, 1, 2], "val": [3], "test": [2, 1, 9]})
+    with pytest.raises(UserError, match="'val' and 'test' share 1"):
+        assert_disjoint_classes({"train": [0], "val": [3, 4], "test": [4]})
+
+
+def test_synthetic_fixture_splits_are_disjoint(prepared):
+    assert_disjoint_classes(prepared.Y)
+    assert {s: len(np.unique(y)) for s, y in prepared.Y.items()} == {"train": 40, "val": 10, "test": 10}
+
+
+def test_digits_dataset(tmp_path, run_main):
+    r = run_main("fewshot.datasets", ["digits", "--out", tmp_path / "digits"])
+    assert r.code == 0, r.err
+    train, test = (load_split(prepared_path(tmp_path / "digits", "digits", s)) for s in ("train", "test"))
+    assert train.X.shape[1:] == (28, 28, 1) and train.X.dtype == np.uint8
+    assert set(np.unique(train.Y)) == {0, 1, 2, 3, 4} and set(np.unique(test.Y)) == {5, 6, 7, 8, 9}
+    info = load_json(tmp_path / "digits" / "prepare.json")
+    assert info["dataset"] == "digits" and info["splits"]["test"]["classes"] == 5
+
+
+def test_real_omniglot_splits_are_disjoint(tmp_path, run_main):
+    out = tmp_path / "omniglot"
+    r = run_main("fewshot.datasets", ["omniglot", "--source", omniglot_archive(), "--out", out])
+    assert r.code == 0, r.err
+    labels = {s: load_split(prepared_path(out, "omniglot", s)).Y for s in SPLITS}
+    assert_disjoint_classes(labels)
+    assert [len(np.unique(y)) for y in labels.values()] == [1100, 100, 423]
+    assert sum(len(np.unique(y)) for y in labels.values()) == len(np.unique(np.concatenate(list(labels.values()))))
+    info = load_json(out / "prepare.json")
+    assert info["splits"]["train"] == {"images": 22000, "classes": 1100}
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]

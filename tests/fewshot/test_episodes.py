@@ -1,0 +1,160 @@
+"""fewshot.episodes: N-way K-shot tasks (disjoint support/query, labels 0..N-1, distinct classes, seeded) and
+the episode JSON files."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fewshot.episodes import EpisodeSampler, Task, load_episodes, save_episodes
+from fewshot.errors import UserError
+
+# 12 classes with labels 100..111 (not 0-based, to catch relabelling mistakes), 10 images each, shuffled rows
+LABELS = np.random.default_rng(0).permutation(np.repeat(np.arange(100, 112), 10))
+
+
+@pytest.mark.parametrize("n,k,q", [(5, 1, 5), (5, 5, 5), (12, 1, 9), (3, 2, 8)])
+def test_task_structure(n, k, q):
+    sampler = EpisodeSampler(LABELS, n, k, q)
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        t = sampler.sample(rng)
+        assert t.support.shape == t.support_y.shape == (n * k,)
+        assert t.query.shape == t.query_y.shape == (n * q,)
+        assert not set(t.support) & set(t.query)  # no image in both sets
+        assert len(set(t.support)) == n * k and len(set(t.query)) == n * q
+        assert len(set(t.classes)) == n  # N distinct classes
+        assert np.array_equal(np.bincount(t.support_y), np.full(n, k))
+        assert np.array_equal(np.bincount(t.query_y), np.full(n, q))
+        # way i is class t.classes[i]: every image carries its way's true class
+        assert np.array_equal(LABELS[t.support], t.classes[t.support_y])
+        assert np.array_equal(LABELS[t.query], t.classes[t.query_y])
+
+
+def test_relabelling_is_in_random_order():
+    sampler = EpisodeSampler(LABELS, 5, 1, 1)
+    rng = np.random.default_rng(0)
+    firsts = {int(sampler.sample(rng).classes[0]) for _ in range(100)}
+    assert len(firsts) > 5  # label 0 is not always the smallest class of the task
+    orders = [sampler.sample(rng).classes for _ in range(20)]
+    assert any(not np.all(np.diff(c) > 0) for c in orders)
+
+
+def test_same_seed_same_tasks_other_seed_other_tasks():
+    sampler = EpisodeSampler(LABELS, 5, 1, 5)
+
+    def draw(seed):
+        rng = np.random.default_rng(seed)
+        return [sampler.sample(rng) for _ in range(10)]
+
+    a, b, c = draw(3), draw(3), draw(4)
+    for x, y in zip(a, b):
+        for f in ("support", "support_y", "query", "query_y", "classes"):
+            assert np.array_equal(getattr(x, f), getattr(y, f))
+    assert any(not np.array_equal(x.support, z.support) for x, z in zip(a, c))
+
+
+def test_global_random_state_is_neither_used_nor_changed():
+    sampler = EpisodeSampler(LABELS, 5, 1, 5)
+    np.random.seed(0)
+    a = sampler.sample(np.random.default_rng(9))
+    np.random.seed(1)
+    state = np.random.get_state()[1].copy()
+    b = sampler.sample(np.random.default_rng(9))
+    assert np.array_equal(a.support, b.support) and np.array_equal(a.query, b.query)
+    assert np.array_equal(np.random.get_state()[1], state)
+
+
+def test_classes_too_small_for_the_task_are_never_drawn():
+    labels = np.concatenate([np.repeat([0, 1, 2, 3, 4], 6), np.repeat([7, 8], 3)])  # 7 and 8 have 3 images
+    sampler = EpisodeSampler(labels, 5, 1, 5)
+    assert sorted(sampler.classes) == [0, 1, 2, 3, 4]
+    rng = np.random.default_rng(0)
+    assert all(set(sampler.sample(rng).classes) == {0, 1, 2, 3, 4} for _ in range(10))
+
+
+@pytest.mark.parametrize("n,k,q,message", [
+    (13, 1, 1, "need 13 classes .* this split has 12"),  # more ways than classes
+    (5, 6, 5, "need 5 classes of >= 11 images; this split has 0"),  # too few images per class
+    (0, 1, 1, ">= 1"),
+    (5, 0, 1, ">= 1"),
+    (5, 1, 0, ">= 1"),
+])
+def test_impossible_settings_raise_user_error(n, k, q, message):
+    with pytest.raises(UserError, match=message):
+        EpisodeSampler(LABELS, n, k, q)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    sampler = EpisodeSampler(LABELS, 5, 2, 3)
+    rng = np.random.default_rng(0)
+    tasks = [sampler.sample(rng) for _ in range(4)]
+    path = tmp_path / "episodes.json"
+    save_episodes(path, tasks, "some/split.npz", {"ways": 5, "shots": 2})
+    doc = json.loads(path.read_text())
+    assert doc["split"] == "some/split.npz" and doc["ways"] == 5 and len(doc["tasks"]) == 4
+    loaded, extra = load_episodes(path, len(LABELS))
+    assert extra == []
+    for a, b in zip(tasks, loaded):
+        for f in ("support", "support_y", "query", "query_y"):
+            assert np.array_equal(getattr(a, f), getattr(b, f))
+        assert np.array_equal(b.classes, np.arange(5))
+    assert not [p for p in tmp_path.iterdir() if p.name != "episodes.json"]  # no temporary file left
+
+
+def test_image_files_are_appended_after_the_split(tmp_path):
+    path = tmp_path / "files.json"
+    path.write_text(json.dumps({"tasks": [{"support": [{"path": "a.png", "label": 0}, {"index": 3, "label": 1}],
+                                           "query": [{"path": "b.png", "label": 1}]}]}))
+    tasks, extra = load_episodes(path, 10, load_file=lambda p: np.full((2, 2, 1), ord(p[0]), np.uint8))
+    assert [int(x[0, 0, 0]) for x in extra] == [ord("a"), ord("b")]
+    assert tasks[0].support.tolist() == [10, 3] and tasks[0].query.tolist() == [11]
+    with pytest.raises(UserError, match="cannot read"):
+        load_episodes(path, 10)
+
+
+def _write(tmp_path, doc):
+    path = tmp_path / "bad.json"
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    return path
+
+
+def _item(i, label):
+    return {"index": i, "label": label}
+
+
+GOOD = {"support": [_item(0, 0), _item(1, 1)], "query": [_item(2, 0), _item(3, 1)]}
+
+
+@pytest.mark.parametrize("doc, message", [
+    ("{not json", "not valid JSON"),
+    ([1, 2], "non-empty 'tasks' list"),
+    ({"tasks": []}, "non-empty 'tasks' list"),
+    ({"tasks": [3]}, "task 0 is not an object"),
+    ({"tasks": [{"support": GOOD["support"]}]}, "no query images"),
+    ({"tasks": [{**GOOD, "query": {"0": 1}}]}, "query is not a list"),
+    ({"tasks": [{**GOOD, "query": [_item(2, 0), 5]}]}, "items must be objects with an integer 'label'"),
+    ({"tasks": [{**GOOD, "query": [{"index": 2}]}]}, "integer 'label'"),
+    ({"tasks": [{**GOOD, "query": [{"index": 2, "label": "cat"}]}]}, "integer 'label'"),
+    ({"tasks": [{**GOOD, "query": [{"index": "two", "label": 0}]}]}, "index 'two' is not an integer"),
+    ({"tasks": [{**GOOD, "query": [_item(99, 0)]}]}, "index 99 outside the split"),
+    ({"tasks": [{**GOOD, "query": [_item(-1, 0)]}]}, "index -1 outside the split"),
+    ({"tasks": [{**GOOD, "query": [{"label": 0}]}]}, "without 'index' or 'path'"),
+    ({"tasks": [{**GOOD, "query": [_item(2, 2)]}]}, "query labels absent from its support"),
+    ({"tasks": [{"support": [_item(0, 1), _item(1, 2)], "query": [_item(2, 1)]}]}, "labels must be 0..N-1"),
+    ({"tasks": [{**GOOD, "query": [_item(1, 1)]}]}, "both its support and query"),
+    ({"tasks": [GOOD, {**GOOD, "support": []}]}, "task 1 has no support"),
+])
+def test_bad_episode_files_raise_user_error(tmp_path, doc, message):
+    with pytest.raises(UserError, match=message):
+        load_episodes(_write(tmp_path, doc), 10)
+
+
+def test_missing_episode_file(tmp_path):
+    with pytest.raises(UserError, match="file not found"):
+        load_episodes(tmp_path / "absent.json", 10)
+
+
+def test_a_good_hand_written_file_loads(tmp_path):
+    tasks, _ = load_episodes(_write(tmp_path, {"tasks": [GOOD]}), 10)
+    assert isinstance(tasks[0], Task) and tasks[0].query_y.tolist() == [0, 1]

@@ -1,0 +1,117 @@
+"""fewshot.io: atomic writes (an interrupted writer leaves the old file and no temporary file), JSON helpers,
+the metrics log and run folders."""
+
+import json
+import os
+import pickle
+import stat
+
+import numpy as np
+import pytest
+
+import fewshot.io as fio
+from fewshot.errors import UserError
+from fewshot.io import JsonlLog, atomic_path, load_json, prepare_run_dir, read_jsonl, save_json, save_npz, save_torch
+
+
+def listing(folder):
+    return sorted(os.listdir(folder))  # includes hidden temporary files
+
+
+def test_atomic_path_renames_only_on_success(tmp_path):
+    target = tmp_path / "sub" / "out.txt"
+    with atomic_path(target) as tmp:
+        assert tmp.parent == target.parent and tmp != target
+        tmp.write_text("new")
+        assert not target.exists()  # not visible under its name before the block ends
+    assert target.read_text() == "new" and listing(target.parent) == ["out.txt"]
+    mode = stat.S_IMODE(target.stat().st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask  # the usual permissions, not mkstemp's 0600
+
+
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_writer_failing_midway_keeps_the_old_file_and_leaves_no_temp(tmp_path, error):
+    target = tmp_path / "result.json"
+    target.write_text("old")
+    with pytest.raises(error):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half writt")
+            raise error("interrupted")
+    assert target.read_text() == "old"
+    assert listing(tmp_path) == ["result.json"]
+
+
+def test_save_npz_failing_midway(tmp_path, monkeypatch):
+    target = tmp_path / "cache.npz"
+    save_npz(target, X=np.arange(3))
+    old = target.read_bytes()
+
+    def broken_savez(f, **arrays):
+        f.write(b"PK\x03\x04 partial zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(fio.np, "savez", broken_savez)
+    with pytest.raises(OSError, match="disk full"):
+        save_npz(target, X=np.arange(10))
+    assert target.read_bytes() == old and listing(tmp_path) == ["cache.npz"]
+    monkeypatch.undo()
+    save_npz(target, X=np.arange(10))
+    assert np.load(target)["X"].tolist() == list(range(10))  # no ".npz.npz", the name is kept
+    assert listing(tmp_path) == ["cache.npz"]
+
+
+def test_save_json_with_unserialisable_content_keeps_the_old_file(tmp_path):
+    target = tmp_path / "config.json"
+    save_json(target, {"a": 1})
+    with pytest.raises(TypeError):
+        save_json(target, {"a": object()})
+    assert load_json(target) == {"a": 1} and listing(tmp_path) == ["config.json"]
+
+
+def test_save_torch_failing_midway(tmp_path):
+    target = tmp_path / "last.pt"
+    save_torch(target, {"epoch": 1})
+    old = target.read_bytes()
+    with pytest.raises((pickle.PicklingError, AttributeError)):  # a lambda cannot be pickled
+        save_torch(target, {"epoch": 2, "fn": lambda: 0})
+    assert target.read_bytes() == old and listing(tmp_path) == ["last.pt"]
+
+
+def test_load_json_errors(tmp_path):
+    with pytest.raises(UserError, match="file not found"):
+        load_json(tmp_path / "absent.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{'single': quotes}")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_json(bad)
+    bad.write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(UserError, match="not valid JSON"):
+        load_json(bad)
+
+
+def test_jsonl_log_appends(tmp_path):
+    log = JsonlLog(tmp_path / "run" / "metrics.jsonl")
+    log.write(epoch=1, loss=0.5)
+    JsonlLog(tmp_path / "run" / "metrics.jsonl").write(epoch=2, loss=0.25)  # a resumed run continues the file
+    assert read_jsonl(tmp_path / "run" / "metrics.jsonl") == [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}]
+
+
+def test_prepare_run_dir(tmp_path):
+    out = tmp_path / "run"
+    prepare_run_dir(out, {"lr": 0.1, "epochs": 5}, resume=False)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["lr"] == 0.1 and {"git_commit", "versions"} <= set(cfg)
+    assert {"python", "numpy", "torch", "scikit-learn"} <= set(cfg["versions"])
+    before = (out / "config.json").read_text()
+    with pytest.raises(UserError, match="already holds a run; pass --resume"):
+        prepare_run_dir(out, {"lr": 0.1, "epochs": 5}, resume=False)
+    with pytest.raises(UserError, match="settings that differ .*: lr"):
+        prepare_run_dir(out, {"lr": 0.2, "epochs": 5}, resume=True)
+    assert (out / "config.json").read_text() == before
+    prepare_run_dir(out, {"lr": 0.1, "epochs": 9}, resume=True)  # budgets may grow
+    assert load_json(out / "config.json")["epochs"] == 9
+    fresh = tmp_path / "fresh"
+    prepare_run_dir(fresh, {"lr": 0.1}, resume=True)  # --resume on a new folder starts it
+    assert (fresh / "config.json").is_file()

@@ -1,0 +1,142 @@
+"""maml.train: an interrupted and resumed run equals an uninterrupted one bit for bit (PEM on), and the
+first-order option trains."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fewshot.data import write_split
+from fewshot.io import read_jsonl, save_npz
+from fewshot.runtime import seed_everything
+from maml import train as maml_train
+from maml.maml import MAMLNet
+
+SIDE, N_CLUSTERS, PER_CLUSTER = 16, 10, 12
+
+
+def toy_caches(root: Path, seed=0) -> dict:
+    """Pseudo-labelled train cache + centres and a labelled val cache, named as cfe.encode names them.
+    Images are a class prototype plus noise, so there is something to learn."""
+    rng = np.random.default_rng(seed)
+
+    def images(n_classes, per_class):
+        protos = rng.integers(0, 256, size=(n_classes, SIDE, SIDE, 1))
+        y = np.repeat(np.arange(n_classes), per_class)
+        x = np.clip(protos[y] + rng.normal(0, 40, size=(len(y), SIDE, SIDE, 1)), 0, 255).astype(np.uint8)
+        return x, y
+
+    x, pseudo = images(N_CLUSTERS, PER_CLUSTER)
+    true = rng.permutation(len(pseudo)) % 7  # hidden truth: never read by maml.train
+    paths = {"train": root / f"toy_64_K_{N_CLUSTERS}_train.npz", "val": root / f"toy_64_K_{N_CLUSTERS}_val.npz",
+             "clusters": root / f"toy_64_K_{N_CLUSTERS}_train_clusters.npz"}
+    write_split(paths["train"], x, true, cluster_label=pseudo, index=np.arange(len(x)))
+    save_npz(paths["clusters"], cluster_centers=rng.normal(size=(N_CLUSTERS, 8)).astype(np.float32))
+    xv, yv = images(6, 8)
+    write_split(paths["val"], xv, yv + 100, cluster_label=yv + 100)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory):
+    return toy_caches(tmp_path_factory.mktemp("toy"))
+
+
+def run(caches, out, *extra):
+    maml_train.main(["--train-cache", str(caches["train"]), "--val-cache", str(caches["val"]), "--out", str(out),
+                     "--epochs", "3", "--batches-per-epoch", "3", "--meta-batch", "2", "--hidden", "8",
+                     "--pem-warmup", "1", "--pem-eta", "0", "--val-tasks", "5", "--val-steps", "1",
+                     "--threads", "1", "--device", "cpu", *map(str, extra)])
+
+
+def load(out, name="last"):
+    return torch.load(Path(out) / "checkpoints" / f"{name}.pt", map_location="cpu", weights_only=True)
+
+
+def assert_same(a, b, where=""):
+    """Recursive bit-for-bit equality of checkpoint contents (tensors, dicts, lists, numbers)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def init_state(hidden=8, n_way=5, seed=0):
+    seed_everything(seed)
+    return MAMLNet(1, hidden, SIDE, n_way).state_dict()
+
+
+@pytest.fixture(scope="module")
+def straight(caches, tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight") / "run"
+    run(caches, out)
+    return out
+
+
+def test_resume_is_bit_identical(caches, straight, tmp_path):
+    out = tmp_path / "run"
+    run(caches, out, "--halt-after", "1")
+    assert load(out)["epoch"] == 1
+    assert len(read_jsonl(out / "metrics.jsonl")) == 1
+    run(caches, out, "--resume")
+    a, b = load(straight), load(out)
+    assert a["epoch"] == b["epoch"] == 3
+    for key in ("model", "eval_model", "optimizer", "best_acc", "arch", "selection"):
+        assert_same(a[key], b[key], key)
+    for key in ("model", "eval_model", "epoch", "best_acc"):  # (config and provenance name other paths)
+        assert_same(load(straight, "best")[key], load(out, "best")[key], f"best/{key}")
+    rows_a, rows_b = read_jsonl(straight / "metrics.jsonl"), read_jsonl(out / "metrics.jsonl")
+    assert [r["epoch"] for r in rows_b] == [1, 2, 3]
+    for ra, rb in zip(rows_a, rows_b):
+        ra.pop("seconds"), rb.pop("seconds")
+        assert ra == rb
+    # PEM really ran after the warm-up: with eta 0 every meta-batch of epochs 2 and 3 was rebuilt
+    assert [r["pem_rebuilt_batches"] for r in rows_a] == [0, 3, 3]
+    # the eval model is the model as it was at the end of the last epoch, and training moved it from the init
+    assert_same(a["model"], a["eval_model"])
+    assert any(not torch.equal(v, a["model"][k]) for k, v in init_state().items())
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["pem"] is True and cfg["pem_eta"] == 0 and "git_commit" in cfg and "versions" in cfg
+
+
+def test_pem_changes_the_training(caches, straight, tmp_path):
+    """Without PEM the run ends elsewhere: PEM's rebuilt queries are what the resume test had to reproduce."""
+    out = tmp_path / "nopem"
+    run(caches, out, "--no-pem")
+    assert not torch.equal(load(out)["model"]["classifier.weight"], load(straight)["model"]["classifier.weight"])
+    assert [r["pem_rebuilt_batches"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 0, 0]
+
+
+def test_first_order_trains_and_differs_from_second_order(caches, straight, tmp_path):
+    out = tmp_path / "fo"
+    run(caches, out, "--first-order", "--epochs", "1", "--no-pem")
+    ckpt = load(out)
+    assert ckpt["config"]["first_order"] is True
+    init = init_state()
+    changed = [k for k, v in init.items() if not torch.equal(v, ckpt["model"][k])]
+    # every conv weight and the classifier moved (FOMAML's gradient reaches the initialisation)
+    assert {"classifier.weight", "classifier.bias", "features.blocks.0.0.weight"} <= set(changed)
+    so = tmp_path / "so"
+    run(caches, so, "--epochs", "1", "--no-pem")
+    assert not torch.equal(load(so)["model"]["classifier.weight"], ckpt["model"]["classifier.weight"])
+
+
+def test_resume_with_changed_settings_is_refused(caches, straight, tmp_path):
+    from fewshot.errors import UserError
+
+    out = tmp_path / "run"
+    run(caches, out, "--halt-after", "1")
+    with pytest.raises(UserError, match="inner_lr"):
+        run(caches, out, "--resume", "--inner-lr", "0.2")
+    with pytest.raises(UserError, match="already holds a run"):
+        run(caches, out)

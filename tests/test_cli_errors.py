@@ -1,0 +1,220 @@
+"""Bad inputs to every command line give one clear line (`error: ...`), a non-zero exit, no traceback, and
+write nothing: the --out folder is not created and no existing file changes.
+
+Every case runs in-process through `cli_main` (what `python -m <stage>` calls); one case per stage also runs as
+a real `python -m` subprocess, to check the entry points themselves."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from fewshot.checkpoint import save_checkpoint
+from fewshot.data import prepared_path, write_split
+from fewshot.io import save_json
+from tests.conftest import files_under, synthetic_images
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _npz(path, **arrays):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, cfe_checkpoint):
+    """Inputs good and bad, in one folder whose contents must not change."""
+    from maml.maml import MAMLNet
+
+    root = tmp_path_factory.mktemp("cli")
+    X, Y = synthetic_images(3, 8, size=28, seed=0)  # 3 classes of 8 images
+    e = SimpleNamespace(root=root, cfe=cfe_checkpoint, absent=root / "absent.npz")
+    root.joinpath("random.npz").write_bytes(np.random.default_rng(0).bytes(4096))
+    e.random = root / "random.npz"
+    e.float_images = _npz(root / "float.npz", X=np.zeros((24, 28, 28), np.float32), Y=Y)
+    e.flat_images = _npz(root / "flat.npz", X=np.zeros((24, 5), np.uint8), Y=Y)
+    e.not_square = _npz(root / "oblong.npz", X=np.zeros((24, 28, 32, 1), np.uint8), Y=Y)
+    e.small = _npz(root / "small.npz", X=X, Y=Y)  # 24 good images
+    # prepared data folders for cfe.encode: good, corrupt train, 32x32 images, corrupt val
+    for name, train, val in [("good", X, X), ("corrupt", None, X), ("big", np.zeros((24, 32, 32, 1), np.uint8), X),
+                             ("badval", X, None)]:
+        d = root / f"data_{name}"
+        for split, imgs in (("train", train), ("val", val), ("test", X)):
+            p = prepared_path(d, "synth", split)
+            if imgs is None:
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_bytes(b"PK\x03\x04 not really a zip")
+            else:
+                write_split(p, imgs, Y)
+        setattr(e, f"data_{name}", d)
+    # checkpoints that are not a usable cfe checkpoint
+    e.maml_ckpt = root / "maml_like.pt"
+    torch.save({"kind": "maml", "arch": {}, "model": {}}, e.maml_ckpt)
+    e.no_arch = root / "no_arch.pt"
+    torch.save({"kind": "cfe", "model": {}}, e.no_arch)
+    e.random_ckpt = root / "random.pt"
+    e.random_ckpt.write_bytes(np.random.default_rng(1).bytes(4096))
+    # a pseudo-labelled train cache with 3 clusters (+ its centres), and a prepared cache without pseudo-labels
+    e.cache = root / "caches" / "synth_16_K_3_train.npz"
+    write_split(e.cache, X, Y, cluster_label=Y, index=np.arange(24))
+    np.savez(root / "caches" / "synth_16_K_3_train_clusters.npz", cluster_centers=np.eye(3, 16, dtype=np.float32))
+    e.no_clusters = root / "nocentres" / "synth_16_K_3_train.npz"
+    write_split(e.no_clusters, X, Y, cluster_label=Y)
+    e.val_32 = _npz(root / "val32.npz", X=np.zeros((24, 32, 32, 1), np.uint8), Y=Y)
+    e.val_2 = _npz(root / "val2.npz", X=X[:16], Y=Y[:16])  # 2 classes only
+    # a maml run folder: config.json + a valid best.pt, and runs whose checkpoints are wrong
+    e.test_cache = root / "caches" / "synth_16_K_3_test.npz"
+    write_split(e.test_cache, X, Y, cluster_label=Y)
+    model = MAMLNet(1, 4, 28, 5)
+    for run, ckpt in (("run", "maml"), ("run_cfe", "cfe"), ("run_random", "random")):
+        d = root / run
+        save_json(d / "config.json", {"train_cache": str(e.cache), "queries": 1, "inner_lr": 0.1})
+        best = d / "checkpoints" / "best.pt"
+        best.parent.mkdir()
+        if ckpt == "maml":
+            save_checkpoint(best, "maml", arch=model.arch, model=model.state_dict(), epoch=1,
+                            selection="last epoch (no val split)", config={})
+        elif ckpt == "cfe":
+            best.write_bytes(cfe_checkpoint.read_bytes())
+        else:
+            best.write_bytes(np.random.default_rng(2).bytes(2048))
+        setattr(e, run, d)
+    e.bad_episodes = root / "episodes.json"
+    e.bad_episodes.write_text(json.dumps({"tasks": [{"support": [{"index": 0}], "query": [{"index": 1}]}]}))
+    e.junk_tar = root / "omniglot.tar.xz"
+    e.junk_tar.write_bytes(b"not an xz archive" * 20)
+    return e
+
+
+def encode_args(e, out, checkpoint=None, data=None, *extra):
+    return ["--checkpoint", checkpoint or e.cfe, "--data-dir", data or e.data_good, "--dataset", "synth",
+            "--out", out, "--k", "3", "--niter", "2", "--min-cluster-size", "2", "--device", "cpu", "--threads", "1",
+            *extra]
+
+
+def maml_train_args(e, out, cache=None, *extra):
+    return ["--train-cache", cache or e.cache, "--out", out, "--epochs", "1", "--batches-per-epoch", "1",
+            "--meta-batch", "1", "--ways", "3", "--shots", "1", "--queries", "1", "--hidden", "4",
+            "--device", "cpu", "--threads", "1", *extra]
+
+
+def maml_test_args(e, out, run=None, *extra):
+    return ["--run", run or e.run, "--output", Path(out) / "result.json", "--tasks", "2", "--steps", "1",
+            "--ways", "3", "--device", "cpu", "--threads", "1", *extra]
+
+
+# id: (module, argv(env, out), what the one line must say)
+CASES = {
+    "train-missing-data": ("cfe.train", lambda e, o: ["--data", e.absent, "--out", o], "absent.npz: file not found"),
+    "train-corrupt-npz": ("cfe.train", lambda e, o: ["--data", e.random, "--out", o], "not a readable .npz"),
+    "train-float-images": ("cfe.train", lambda e, o: ["--data", e.float_images, "--out", o], "must be uint8"),
+    "train-flat-images": ("cfe.train", lambda e, o: ["--data", e.flat_images, "--out", o], r"\(N,H,W,C\)"),
+    "train-not-square": ("cfe.train", lambda e, o: ["--data", e.not_square, "--out", o, "--batch-size", "8"],
+                         "must be square"),
+    "train-batch-over-queue": ("cfe.train", lambda e, o: ["--data", e.small, "--out", o, "--batch-size", "16",
+                                                          "--queue-size", "8"], "must not exceed --queue-size"),
+    "train-too-few-images": ("cfe.train", lambda e, o: ["--data", e.small, "--out", o, "--batch-size", "64"],
+                             "fewer than one batch"),
+    "encode-maml-checkpoint": ("cfe.encode", lambda e, o: encode_args(e, o, e.maml_ckpt),
+                               "is a 'maml' checkpoint, expected 'cfe'"),
+    "encode-missing-checkpoint": ("cfe.encode", lambda e, o: encode_args(e, o, e.root / "none.pt"),
+                                  "checkpoint not found"),
+    "encode-corrupt-checkpoint": ("cfe.encode", lambda e, o: encode_args(e, o, e.random_ckpt),
+                                  "not a readable checkpoint"),
+    "encode-checkpoint-without-arch": ("cfe.encode", lambda e, o: encode_args(e, o, e.no_arch), "usable 'arch'"),
+    "encode-missing-data": ("cfe.encode", lambda e, o: encode_args(e, o, None, e.root / "nodata"),
+                            "synth_cache_train.npz: file not found"),
+    "encode-corrupt-train": ("cfe.encode", lambda e, o: encode_args(e, o, None, e.data_corrupt), "not a readable"),
+    "encode-wrong-image-size": ("cfe.encode", lambda e, o: encode_args(e, o, None, e.data_big),
+                                r"images are \(32, 32, 1\), the checkpoint expects \(28, 28, 1\)"),
+    "encode-corrupt-val": ("cfe.encode", lambda e, o: encode_args(e, o, None, e.data_badval),
+                           "synth_cache_val.npz: not a readable"),
+    "encode-k-too-large": ("cfe.encode", lambda e, o: encode_args(e, o, None, None, "--k", "25"),
+                           "--k 25 must be between 1 and the number of train images \\(24\\)"),
+    "maml-more-ways-than-classes": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--ways", "5"),
+                                    "need 5 classes .* this split has 3"),
+    "maml-missing-cache": ("maml.train", lambda e, o: maml_train_args(e, o, e.absent), "file not found"),
+    "maml-corrupt-cache": ("maml.train", lambda e, o: maml_train_args(e, o, e.random), "not a readable .npz"),
+    "maml-cache-without-pseudo-labels": ("maml.train", lambda e, o: maml_train_args(e, o, e.small),
+                                         "missing array 'cluster_label'"),
+    "maml-flat-images": ("maml.train", lambda e, o: maml_train_args(e, o, e.flat_images), r"\(N,H,W,C\)"),
+    "maml-missing-centres": ("maml.train", lambda e, o: maml_train_args(e, o, e.no_clusters),
+                             "_train_clusters.npz: file not found"),
+    "maml-val-other-size": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--val-cache", e.val_32,
+                                                                       "--pem-k", "2"), "differ from the train cache"),
+    "maml-val-fewer-classes-than-ways": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--val-cache",
+                                                                                e.val_2, "--pem-k", "2"),
+                                         "need 3 classes .* this split has 2"),
+    "maml-pem-k-too-large": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--pem-k", "5"), "pem-k"),
+    "test-missing-run": ("maml.test", lambda e, o: maml_test_args(e, o, e.root / "norun"),
+                         "config.json: file not found"),
+    "test-cfe-checkpoint": ("maml.test", lambda e, o: maml_test_args(e, o, e.run_cfe),
+                            "is a 'cfe' checkpoint, expected 'maml'"),
+    "test-corrupt-checkpoint": ("maml.test", lambda e, o: maml_test_args(e, o, e.run_random),
+                                "not a readable checkpoint"),
+    "test-corrupt-cache": ("maml.test", lambda e, o: maml_test_args(e, o, None, "--cache", e.random),
+                           "not a readable .npz"),
+    "test-float-cache": ("maml.test", lambda e, o: maml_test_args(e, o, None, "--cache", e.float_images),
+                         "must be uint8"),
+    "test-more-ways-than-classes": ("maml.test", lambda e, o: maml_test_args(e, o, None, "--ways", "4"),
+                                    "need 4 classes"),
+    "test-bad-episodes": ("maml.test", lambda e, o: maml_test_args(e, o, None, "--episodes", e.bad_episodes),
+                          "integer 'label'"),
+    "datasets-unknown-name": ("fewshot.datasets", lambda e, o: ["nosuch", "--out", o],
+                              "unknown dataset 'nosuch'; known: omniglot"),
+    "datasets-missing-source": ("fewshot.datasets", lambda e, o: ["omniglot", "--source", e.root / "nothere",
+                                                                  "--out", o], "OMNIGLOT_SOURCE=.*nothere"),
+    "datasets-junk-archive": ("fewshot.datasets", lambda e, o: ["omniglot", "--source", e.junk_tar, "--out", o],
+                              "not a readable tar archive"),
+}
+SUBPROCESS = ["train-corrupt-npz", "encode-maml-checkpoint", "maml-more-ways-than-classes", "test-missing-run",
+              "datasets-unknown-name"]
+
+
+def check(code, err, message, out, before, root):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code not in (0, None), err
+    assert "Traceback" not in err, err
+    assert lines and lines[-1].startswith("error: "), err
+    assert re.search(message, lines[-1]), (message, lines[-1])
+    assert not Path(out).exists(), f"{out} was created"
+    assert files_under(root) == before, "an input folder changed"
+
+
+KNOWN_BUGS = {  # maml/ is not ours to change here; remove the entry when the stage validates this input
+    "maml-pem-k-too-large": "maml.pem.ClusterIndex raises ValueError (a traceback) when --pem-k >= clusters",
+    "maml-val-fewer-classes-than-ways": "maml.train builds the val EpisodeSampler after prepare_run_dir",
+}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(reason=KNOWN_BUGS[c], strict=True))
+                                  if c in KNOWN_BUGS else c for c in CASES])
+def test_bad_input_in_process(case, env, run_main, tmp_path):
+    module, argv, message = CASES[case]
+    out = tmp_path / "out"
+    before = files_under(env.root)
+    try:
+        r = run_main(module, argv(env, out))
+    except Exception as e:  # cli_main lets only non-UserError exceptions through: a traceback for the user
+        pytest.fail(f"{module} {case}: {type(e).__name__}: {e} (a traceback instead of one line)")
+    check(r.code, r.err, message, out, before, env.root)
+    assert r.code == 2
+
+
+@pytest.mark.parametrize("case", SUBPROCESS)
+def test_bad_input_as_a_command(case, env, tmp_path):
+    module, argv, message = CASES[case]
+    out = tmp_path / "out"
+    before = files_under(env.root)
+    p = subprocess.run([sys.executable, "-m", module, *map(str, argv(env, out))], cwd=REPO, capture_output=True,
+                       text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    check(p.returncode, p.stderr, message, out, before, env.root)
+    assert p.returncode == 2 and p.stdout == ""

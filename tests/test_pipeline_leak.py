@@ -1,0 +1,118 @@
+"""No training step reads the train split's true labels: permuting them changes nothing but the diagnostics.
+
+The chain cfe.train -> cfe.encode -> maml.train (PEM on) runs twice on two copies of a small synthetic dataset
+that differ only in the train split's labels Y (randomly permuted). Weights, pseudo-labels and the MAML+PEM model
+must be bit-identical; the pseudo-label quality reported against the (different) truth must differ.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cfe import encode as cfe_encode
+from cfe import train as cfe_train
+from fewshot.data import encoded_path, load_array, load_split, prepared_path, write_split
+from maml import train as maml_train
+
+NAME, SIDE, K, DIM = "leak", 28, 10, 16
+
+
+def synthetic_splits(seed=0) -> dict:
+    """Classes of white strokes on black: each class a random set of bars, each image it shifted and noised."""
+    rng = np.random.default_rng(seed)
+
+    def split(first_label, n_classes, per_class):
+        X, Y = [], []
+        for c in range(n_classes):
+            proto = np.zeros((SIDE, SIDE))
+            for _ in range(4):
+                r, col = rng.integers(4, SIDE - 4, size=2)
+                if rng.random() < 0.5:
+                    proto[r - 1:r + 1, max(col - 6, 0):col + 6] = 255
+                else:
+                    proto[max(r - 6, 0):r + 6, col - 1:col + 1] = 255
+            for _ in range(per_class):
+                img = np.roll(proto, tuple(rng.integers(-2, 3, size=2)), axis=(0, 1))
+                X.append(np.clip(img + rng.normal(0, 20, size=img.shape), 0, 255).astype(np.uint8))
+                Y.append(first_label + c)
+        order = rng.permutation(len(Y))
+        return np.stack(X)[order][..., None], np.array(Y, dtype=np.int64)[order]
+
+    return {"train": split(0, 20, 20), "val": split(100, 6, 10), "test": split(200, 6, 10)}
+
+
+def pipeline(data: Path, runs: Path) -> dict:
+    common = ["--threads", "1", "--device", "cpu", "--seed", "3"]
+    cfe_train.main(["--data", str(prepared_path(data, NAME, "train")), "--out", str(runs / "cfe"), "--epochs", "2",
+                    "--batch-size", "64", "--queue-size", "256", "--hidden", "16", "--dim", str(DIM), *common])
+    cfe_encode.main(["--checkpoint", str(runs / "cfe/checkpoints/last.pt"), "--data-dir", str(data),
+                     "--dataset", NAME, "--out", str(runs / "caches"), "--k", str(K), "--min-cluster-size", "20",
+                     "--niter", "20", *common])
+    caches = {s: encoded_path(runs / "caches", NAME, DIM, K, s)
+              for s in ("train", "val", "test", "train_clusters", "train_emb")}
+    maml_train.main(["--train-cache", str(caches["train"]), "--val-cache", str(caches["val"]),
+                     "--out", str(runs / "maml"), "--epochs", "2", "--batches-per-epoch", "3", "--meta-batch", "2",
+                     "--hidden", "8", "--pem-warmup", "0", "--pem-eta", "0", "--pem-k", "3", "--val-tasks", "5",
+                     "--val-steps", "1", *common])
+    return caches
+
+
+def ckpt(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def assert_same_state(a: dict, b: dict, what: str):
+    assert a.keys() == b.keys(), what
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{what}: {k} differs"
+
+
+@pytest.mark.slow
+def test_permuting_train_labels_changes_nothing_but_diagnostics(tmp_path):
+    splits = synthetic_splits()
+    permuted_y = np.random.default_rng(1).permutation(splits["train"][1])
+    assert (permuted_y != splits["train"][1]).mean() > 0.5
+    runs, caches = {}, {}
+    for copy, train_y in (("true", splits["train"][1]), ("permuted", permuted_y)):
+        data = tmp_path / copy / "data"
+        for s, (X, Y) in splits.items():
+            write_split(prepared_path(data, NAME, s), X, train_y if s == "train" else Y)
+        runs[copy] = tmp_path / copy / "runs"
+        caches[copy] = pipeline(data, runs[copy])
+    a, b = runs["true"], runs["permuted"]
+    ca, cb = caches["true"], caches["permuted"]
+
+    # CFE: final weights (and queue), optimizer state
+    ka, kb = ckpt(a / "cfe/checkpoints/last.pt"), ckpt(b / "cfe/checkpoints/last.pt")
+    assert_same_state(ka["model"], kb["model"], "cfe model")
+    assert ka["epoch"] == kb["epoch"] == 2
+
+    # pseudo-labels: images, cluster labels and source rows of the train cache; centres; embeddings
+    ta, tb = load_split(ca["train"]), load_split(cb["train"])
+    for key in ("X", "cluster_label", "index"):
+        assert np.array_equal(getattr(ta, key), getattr(tb, key)), key
+    assert not np.array_equal(ta.Y, tb.Y)  # the caches do carry the (different) true labels
+    assert len(np.unique(ta.cluster_label)) > 1
+    assert np.array_equal(load_array(ca["train_clusters"], "cluster_centers"),
+                          load_array(cb["train_clusters"], "cluster_centers"))
+    assert np.array_equal(load_array(ca["train_emb"], "Z"), load_array(cb["train_emb"], "Z"))
+    for s in ("val", "test"):
+        va, vb = load_split(ca[s]), load_split(cb[s])
+        assert np.array_equal(va.X, vb.X) and np.array_equal(va.cluster_label, vb.cluster_label)
+
+    # MAML + PEM (PEM rebuilt every meta-batch: warm-up 0, eta 0)
+    ma, mb = ckpt(a / "maml/checkpoints/last.pt"), ckpt(b / "maml/checkpoints/last.pt")
+    assert_same_state(ma["model"], mb["model"], "maml model")
+    assert_same_state(ma["eval_model"], mb["eval_model"], "maml eval model")
+    rows = [json.loads(line) for line in (a / "maml/metrics.jsonl").read_text().splitlines()]
+    assert [r["pem_rebuilt_batches"] for r in rows] == [3, 3]
+
+    # only the diagnostics differ, and they must: the labels really were changed
+    qa = json.loads((a / "caches/encode.json").read_text())["pseudo_label_quality"]
+    qb = json.loads((b / "caches/encode.json").read_text())["pseudo_label_quality"]
+    assert qa["clusters"] == qb["clusters"]
+    assert qa["ari"] != qb["ari"] and qa["nmi"] != qb["nmi"]
+    assert qa["nmi"] > qb["nmi"]  # clusters of the embedding follow the true classes, not the shuffled labels
