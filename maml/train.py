@@ -84,10 +84,13 @@ def main(argv=None):
         centres = load_array(args.clusters or clusters_path(args.train_cache), "cluster_centers")
         if pseudo.max() >= len(centres):
             raise UserError(f"cluster labels reach {pseudo.max()} but only {len(centres)} centres were given")
+        if not 1 <= args.pem_k < len(centres):
+            raise UserError(f"--pem-k {args.pem_k} must be in 1..{len(centres) - 1} (clusters - 1)")
         index = ClusterIndex(pseudo, centres, args.pem_k)
     val = load_split(args.val_cache) if args.val_cache else None
     if val is not None and val.X.shape[1:] != X_np.shape[1:]:
         raise UserError(f"{args.val_cache}: images {val.X.shape[1:]} differ from the train cache's {X_np.shape[1:]}")
+    val_sampler = EpisodeSampler(val.labels, args.ways, args.shots, args.queries) if val is not None else None
     h, _, c = X_np.shape[1:]
     out = Path(args.out)
     last, best = out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
@@ -110,9 +113,8 @@ def main(argv=None):
     X = torch.from_numpy(X_np)
     val_tasks = []
     if val is not None:
-        vs = EpisodeSampler(val.labels, args.ways, args.shots, args.queries)
         vrng = np.random.default_rng(epoch_seed(args.seed, 0, stream=7))
-        val_tasks = [vs.sample(vrng) for _ in range(args.val_tasks)]
+        val_tasks = [val_sampler.sample(vrng) for _ in range(args.val_tasks)]
         X_val = torch.from_numpy(val.X)
     log = JsonlLog(out / "metrics.jsonl")
 

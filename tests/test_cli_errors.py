@@ -5,6 +5,7 @@ Every case runs in-process through `cli_main` (what `python -m <stage>` calls); 
 a real `python -m` subprocess, to check the entry points themselves."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -189,10 +190,7 @@ def check(code, err, message, out, before, root):
     assert files_under(root) == before, "an input folder changed"
 
 
-KNOWN_BUGS = {  # maml/ is not ours to change here; remove the entry when the stage validates this input
-    "maml-pem-k-too-large": "maml.pem.ClusterIndex raises ValueError (a traceback) when --pem-k >= clusters",
-    "maml-val-fewer-classes-than-ways": "maml.train builds the val EpisodeSampler after prepare_run_dir",
-}
+KNOWN_BUGS = {}  # case -> reason: a stage that does not validate this input yet (strict xfail)
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(reason=KNOWN_BUGS[c], strict=True))
@@ -215,6 +213,6 @@ def test_bad_input_as_a_command(case, env, tmp_path):
     out = tmp_path / "out"
     before = files_under(env.root)
     p = subprocess.run([sys.executable, "-m", module, *map(str, argv(env, out))], cwd=REPO, capture_output=True,
-                       text=True, timeout=120, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+                       text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     check(p.returncode, p.stderr, message, out, before, env.root)
     assert p.returncode == 2 and p.stdout == ""
