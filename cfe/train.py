@@ -57,6 +57,18 @@ def cosine_lr(base_lr, epoch, epochs, cos=True):
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs)) if cos else base_lr
 
 
+def train_step(model, optimizer, images, gen, augment) -> torch.Tensor:
+    """One CFE step on a batch of uint8 NHWC images: two augmented views, loss, SGD update (skipped when the
+    loss is not finite, which the caller turns into an error). Returns the loss."""
+    x = to_float(images)
+    loss = model(augment(x, gen), augment(x, gen))
+    if torch.isfinite(loss):
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return loss.detach()
+
+
 def main(argv=None):
     args = get_parser().parse_args(argv)
     config = vars(args).copy()
@@ -108,14 +120,11 @@ def main(argv=None):
         t0, total = time.time(), 0.0
         bar = tqdm(range(steps), desc=f"cfe epoch {epoch + 1}/{args.epochs}", leave=False, mininterval=2)
         for i in bar:
-            x = to_float(X[perm[i * args.batch_size:(i + 1) * args.batch_size]])
-            loss = model(omniglot_augment(x, gen), omniglot_augment(x, gen))
+            loss = train_step(model, optimizer, X[perm[i * args.batch_size:(i + 1) * args.batch_size]], gen,
+                              omniglot_augment)
             if not torch.isfinite(loss):
                 raise UserError(f"non-finite loss {loss.item()} at epoch {epoch + 1} step {i}; "
                                 f"last good checkpoint: {last}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
             total += loss.item()
             bar.set_postfix(loss=f"{loss.item():.3f}")
         row = dict(epoch=epoch + 1, loss=total / steps, lr=lr, seconds=round(time.time() - t0, 2))
