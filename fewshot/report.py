@@ -51,7 +51,10 @@ def summarise(root: Path) -> list:
 
 def to_markdown(rows) -> str:
     def acc(r, key):
-        return f"{100 * r[key]['accuracy']:.2f} ± {100 * r[key]['ci95']:.2f}" if key in r else "-"
+        if key not in r:
+            return "-"
+        t = r[key]
+        return f"{100 * t['accuracy']:.2f} ± {100 * t['ci95']:.2f} ({t['tasks']} tasks, {t['steps']} steps)"
 
     def num(x):
         return "-" if x is None else f"{x:.3f}"
