@@ -157,13 +157,14 @@ def main(argv=None):
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.3f}")
         eval_model.load_state_dict(model.state_dict())  # PEM: refresh the evaluation model every epoch
         row = dict(epoch=epoch + 1, loss=float(np.mean(losses)), train_acc=float(np.mean(accs)),
-                   pem_rebuilt_batches=rebuilt, seconds=round(time.time() - t0, 2))
+                   pem_rebuilt_batches=rebuilt)
         if val_tasks:
             row["val_acc"], row["val_ci95"] = mean_ci95(evaluate(model, X_val, val_tasks, args.val_steps,
                                                                  args.inner_lr, device, "val"))
-        improved = row.get("val_acc", epoch) >= best_acc if val_tasks else True
-        if improved:
-            best_acc = row.get("val_acc", float(epoch))
+        row["seconds"] = round(time.time() - t0, 2)  # training and validation
+        score = row.get("val_acc", float(epoch))  # without a val split the latest epoch wins
+        improved = score >= best_acc
+        best_acc = max(best_acc, score)
         log.write(**row)
         print(f"maml epoch {epoch + 1}/{args.epochs} loss {row['loss']:.4f} train acc {row['train_acc']:.3f}"
               + (f" val acc {row['val_acc']:.4f}" if val_tasks else "") + f" ({row['seconds']:.0f}s)")
