@@ -1,0 +1,47 @@
+"""fewshot.report: the pipeline table is built from each stage's own outputs."""
+
+import pytest
+
+from fewshot.errors import UserError
+from fewshot.io import JsonlLog, save_json
+from fewshot.report import main, summarise, to_markdown
+
+
+def make_pipeline(root):
+    JsonlLog(root / "cfe" / "metrics.jsonl").write(epoch=1, seconds=60)
+    JsonlLog(root / "cfe" / "metrics.jsonl").write(epoch=2, seconds=60)
+    save_json(root / "caches" / "encode.json", {"pseudo_label_quality": {"ari": 0.5, "nmi": 0.9}, "seconds": 30})
+    for name, pem, acc in (("maml-pem", True, 0.9), ("maml-nopem", False, 0.8)):
+        save_json(root / name / "config.json", {"pem": pem})
+        JsonlLog(root / name / "metrics.jsonl").write(epoch=1, seconds=120)
+        for shots in (1, 5):
+            save_json(root / name / "results" / f"test_5w{shots}s.json",
+                      {"ways": 5, "shots": shots, "accuracy": acc + shots / 100, "ci95": 0.004, "tasks": 1000,
+                       "steps": 10, "seconds": 90})
+
+
+def test_summary_reads_every_stage(tmp_path):
+    make_pipeline(tmp_path)
+    rows = {r["method"]: r for r in summarise(tmp_path)}
+    assert set(rows) == {"MAML + PEM", "MAML (PEM off)"}
+    pem = rows["MAML + PEM"]
+    assert pem["5w1s"]["accuracy"] == pytest.approx(0.91) and pem["5w5s"]["accuracy"] == pytest.approx(0.95)
+    assert pem["seconds"] == {"cfe": 120, "encode": 30, "maml": 120, "test": 180}
+    assert pem["ari"] == 0.5 and pem["nmi"] == 0.9
+    table = to_markdown(list(rows.values()))
+    assert "| MAML + PEM | 91.00 ± 0.40 (1000 tasks, 10 steps) | 95.00 ± 0.40" in table
+    assert "| 2.0 | 0.5 | 2.0 | 3.0 |" in table
+
+
+def test_main_writes_summary_files(tmp_path, capsys):
+    make_pipeline(tmp_path)
+    main([str(tmp_path)])
+    assert (tmp_path / "summary.json").is_file() and (tmp_path / "summary.md").is_file()
+    assert "MAML (PEM off)" in capsys.readouterr().out
+
+
+def test_folder_without_runs_is_an_error(tmp_path):
+    with pytest.raises(UserError, match="no maml run folders"):
+        summarise(tmp_path)
+    with pytest.raises(UserError, match="no such folder"):
+        summarise(tmp_path / "missing")
