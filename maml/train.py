@@ -54,7 +54,8 @@ def get_parser():
     p.add_argument("--pem-k", type=int, default=5, help="nearest clusters examined per way")
     p.add_argument("--pem-keep", type=float, default=0.75, help="fraction of the chosen cluster kept")
     p.add_argument("--val-tasks", type=int, default=300, help="val tasks per epoch (fixed set)")
-    p.add_argument("--val-steps", type=int, default=10, help="adaptation steps at validation")
+    p.add_argument("--val-steps", type=int, help="adaptation steps at validation (default: --inner-steps, as upstream "
+                   "train_un_maml_pem.py, whose metalearner.evaluate adapts as in training)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=0)
@@ -72,6 +73,8 @@ def clusters_path(train_cache: str) -> Path:
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    if args.val_steps is None:
+        args.val_steps = args.inner_steps
     config = vars(args).copy()
     if not 0 <= args.pem_eta <= 1:
         raise UserError(f"--pem-eta must be in [0, 1], got {args.pem_eta}")

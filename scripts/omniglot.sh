@@ -22,7 +22,7 @@ case "$PRESET" in
   paper) d_cfe_epochs=200; d_maml_epochs=20; d_test_steps=50 ;;
   # quick: 50-step adaptation of 1,000 5-shot tasks alone takes about 20 minutes on 2 CPU cores, so the quick
   # preset adapts for 10 steps at test (the table says how many steps each number used)
-  quick) d_cfe_epochs=40;  d_maml_epochs=15; d_test_steps=10 ;;
+  quick) d_cfe_epochs=50;  d_maml_epochs=30; d_test_steps=10 ;;
   *) echo "error: PRESET must be quick or paper, got '$PRESET'" >&2; exit 2 ;;
 esac
 
@@ -51,6 +51,7 @@ PEM_WARMUP=${PEM_WARMUP:-5}
 PEM_ETA=${PEM_ETA:-0.9}
 PEM_K=${PEM_K:-5}
 VAL_TASKS=${VAL_TASKS:-300}
+VAL_STEPS=${VAL_STEPS:-$INNER_STEPS}      # upstream validates with the training adaptation steps
 # meta-test (upstream test.py: 1,000 tasks, 50 steps)
 TEST_TASKS=${TEST_TASKS:-1000}
 TEST_STEPS=${TEST_STEPS:-$d_test_steps}
@@ -82,7 +83,7 @@ step "MAML ($([ "$PEM" = 1 ] && echo "+PEM" || echo "PEM off"), $MAML_EPOCHS epo
 "$PYTHON" -m maml.train --train-cache "${CACHE}_train.npz" --val-cache "${CACHE}_val.npz" --out "$MAML_DIR" \
   --epochs "$MAML_EPOCHS" --batches-per-epoch "$BATCHES_PER_EPOCH" --meta-batch "$META_BATCH" \
   --inner-lr "$INNER_LR" --inner-steps "$INNER_STEPS" --meta-lr "$META_LR" --queries "$QUERIES" \
-  --pem-warmup "$PEM_WARMUP" --pem-eta "$PEM_ETA" --pem-k "$PEM_K" --val-tasks "$VAL_TASKS" \
+  --pem-warmup "$PEM_WARMUP" --pem-eta "$PEM_ETA" --pem-k "$PEM_K" --val-tasks "$VAL_TASKS" --val-steps "$VAL_STEPS" \
   $([ "$PEM" = 1 ] || echo --no-pem) --seed "$SEED" --device "$DEVICE" --resume
 
 for shots in $TEST_SHOTS; do
