@@ -111,7 +111,7 @@ def read_jsonl(path) -> list:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def prepare_run_dir(out, config: dict, resume: bool, may_change=("epochs", "resume", "halt_after", "device")) -> Path:
+def prepare_run_dir(out, config: dict, resume: bool, may_change=("epochs", "resume", "halt_after", "device", "threads")) -> Path:
     """Create a run folder and write its config.json (resolved arguments + git commit + package versions).
 
     An existing run is continued only with --resume and only with the same settings (budgets may grow)."""

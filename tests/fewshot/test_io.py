@@ -112,6 +112,8 @@ def test_prepare_run_dir(tmp_path):
     assert (out / "config.json").read_text() == before
     prepare_run_dir(out, {"lr": 0.1, "epochs": 9}, resume=True)  # budgets may grow
     assert load_json(out / "config.json")["epochs"] == 9
+    prepare_run_dir(out, {"lr": 0.1, "epochs": 9, "threads": 1}, resume=True)  # so may the CPU threads
+    assert load_json(out / "config.json")["threads"] == 1
     fresh = tmp_path / "fresh"
     prepare_run_dir(fresh, {"lr": 0.1}, resume=True)  # --resume on a new folder starts it
     assert (fresh / "config.json").is_file()

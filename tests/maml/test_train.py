@@ -140,3 +140,14 @@ def test_resume_with_changed_settings_is_refused(caches, straight, tmp_path):
         run(caches, out, "--resume", "--inner-lr", "0.2")
     with pytest.raises(UserError, match="already holds a run"):
         run(caches, out)
+
+
+def test_validation_adapts_with_the_training_steps_unless_told(caches, tmp_path):
+    """As upstream (train_un_maml_pem.py), val tasks are adapted with --inner-steps unless --val-steps is given."""
+    common = ["--train-cache", str(caches["train"]), "--val-cache", str(caches["val"]), "--epochs", "1",
+              "--batches-per-epoch", "1", "--meta-batch", "1", "--hidden", "8", "--val-tasks", "2", "--no-pem",
+              "--threads", "1", "--device", "cpu"]
+    maml_train.main([*common, "--out", str(tmp_path / "a"), "--inner-steps", "2"])
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["val_steps"] == 2
+    maml_train.main([*common, "--out", str(tmp_path / "b"), "--val-steps", "7"])
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["val_steps"] == 7
