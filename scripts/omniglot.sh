@@ -17,6 +17,7 @@ DATA_DIR=${DATA_DIR:-data/omniglot}       # prepared omniglot_cache_{train,val,t
 RUN_DIR=${RUN_DIR:-runs/omniglot-$PRESET}
 SEED=${SEED:-0}
 DEVICE=${DEVICE:-auto}
+THREADS=${THREADS:-0}                     # CPU threads per stage (0: all cores); 1 lets two runs share 2 cores
 
 case "$PRESET" in
   paper) d_cfe_epochs=200; d_maml_epochs=20; d_test_steps=50 ;;
@@ -70,13 +71,13 @@ CFE_CKPT=$RUN_DIR/cfe/checkpoints/epoch_$(printf %04d "$CFE_EPOCHS").pt
 if [ -f "$CFE_CKPT" ]; then echo "exists, skipped"
 else "$PYTHON" -m cfe.train --data "$DATA_DIR/omniglot_cache_train.npz" --out "$RUN_DIR/cfe" --epochs "$CFE_EPOCHS" \
   --batch-size "$CFE_BATCH" --lr "$CFE_LR" --temperature "$CFE_TEMPERATURE" --dim "$CFE_DIM" \
-  --queue-size "$CFE_QUEUE" --seed "$SEED" --device "$DEVICE" --resume; fi
+  --queue-size "$CFE_QUEUE" --seed "$SEED" --device "$DEVICE" --threads "$THREADS" --resume; fi
 
 step "encode + k-means (K=$K) -> $RUN_DIR/caches"
 CACHE=$RUN_DIR/caches/omniglot_${CFE_DIM}_K_${K}
 if [ -f "$RUN_DIR/caches/encode.json" ]; then echo "exists, skipped"
 else "$PYTHON" -m cfe.encode --checkpoint "$CFE_CKPT" --data-dir "$DATA_DIR" --dataset omniglot \
-  --out "$RUN_DIR/caches" --k "$K" --min-cluster-size "$MIN_CLUSTER" --seed "$SEED" --device "$DEVICE" --resume; fi
+  --out "$RUN_DIR/caches" --k "$K" --min-cluster-size "$MIN_CLUSTER" --seed "$SEED" --device "$DEVICE" --threads "$THREADS" --resume; fi
 
 MAML_DIR=$RUN_DIR/maml-$([ "$PEM" = 1 ] && echo pem || echo nopem)
 step "MAML ($([ "$PEM" = 1 ] && echo "+PEM" || echo "PEM off"), $MAML_EPOCHS epochs) -> $MAML_DIR"
@@ -84,13 +85,13 @@ step "MAML ($([ "$PEM" = 1 ] && echo "+PEM" || echo "PEM off"), $MAML_EPOCHS epo
   --epochs "$MAML_EPOCHS" --batches-per-epoch "$BATCHES_PER_EPOCH" --meta-batch "$META_BATCH" \
   --inner-lr "$INNER_LR" --inner-steps "$INNER_STEPS" --meta-lr "$META_LR" --queries "$QUERIES" \
   --pem-warmup "$PEM_WARMUP" --pem-eta "$PEM_ETA" --pem-k "$PEM_K" --val-tasks "$VAL_TASKS" --val-steps "$VAL_STEPS" \
-  $([ "$PEM" = 1 ] || echo --no-pem) --seed "$SEED" --device "$DEVICE" --resume
+  $([ "$PEM" = 1 ] || echo --no-pem) --seed "$SEED" --device "$DEVICE" --threads "$THREADS" --resume
 
 for shots in $TEST_SHOTS; do
   step "meta-test 5-way $shots-shot ($TEST_TASKS tasks, $TEST_STEPS steps)"
   if [ -f "$MAML_DIR/results/test_5w${shots}s.json" ]; then echo "exists, skipped"
   else "$PYTHON" -m maml.test --run "$MAML_DIR" --ways 5 --shots "$shots" --tasks "$TEST_TASKS" \
-    --steps "$TEST_STEPS" --seed "$SEED" --device "$DEVICE"; fi
+    --steps "$TEST_STEPS" --seed "$SEED" --device "$DEVICE" --threads "$THREADS"; fi
 done
 
 step "summary ($RUN_DIR/summary.md)"
