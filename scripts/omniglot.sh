@@ -56,7 +56,7 @@ VAL_STEPS=${VAL_STEPS:-$INNER_STEPS}      # upstream validates with the training
 # meta-test (upstream test.py: 1,000 tasks, 50 steps)
 TEST_TASKS=${TEST_TASKS:-1000}
 TEST_STEPS=${TEST_STEPS:-$d_test_steps}
-TEST_SHOTS=${TEST_SHOTS:-"1 5"}
+TEST_SHOTS=${TEST_SHOTS-"1 5"}      # set it empty to train without testing
 
 source scripts/env.sh
 mkdir -p "$RUN_DIR"
