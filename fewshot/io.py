@@ -111,7 +111,11 @@ def read_jsonl(path) -> list:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
-def prepare_run_dir(out, config: dict, resume: bool, may_change=("epochs", "resume", "halt_after", "device", "threads")) -> Path:
+# settings a resumed run may change: budgets and where it runs (not what it computes)
+RESUMABLE_CHANGES = ("epochs", "resume", "halt_after", "device", "threads")
+
+
+def prepare_run_dir(out, config: dict, resume: bool, may_change=RESUMABLE_CHANGES) -> Path:
     """Create a run folder and write its config.json (resolved arguments + git commit + package versions).
 
     An existing run is continued only with --resume and only with the same settings (budgets may grow)."""
