@@ -10,9 +10,9 @@ from cfe.loss import cfe_loss
 from fewshot.backbones import Conv4
 
 
-def make_encoder(in_channels, hidden, image_size, dim, mlp):
+def make_encoder(in_channels, hidden, image_size, dim, mlp, bn_splits=1):
     """Conv4 backbone + projection head. With `mlp`, the MoCo v2 head: Linear-ReLU-Linear."""
-    backbone = Conv4(in_channels, hidden)
+    backbone = Conv4(in_channels, hidden, bn_splits=bn_splits)
     feat = backbone.out_dim(image_size)
     head = nn.Sequential(nn.Linear(feat, feat), nn.ReLU(inplace=True), nn.Linear(feat, dim)) if mlp \
         else nn.Linear(feat, dim)
@@ -21,12 +21,14 @@ def make_encoder(in_channels, hidden, image_size, dim, mlp):
 
 class CFE(nn.Module):
     def __init__(self, in_channels=1, hidden=64, image_size=28, dim=64, mlp=True,
-                 queue_size=65536, momentum=0.999, temperature=0.2):
+                 queue_size=65536, momentum=0.999, temperature=0.2, bn_splits=1):
         super().__init__()
         self.arch = dict(in_channels=in_channels, hidden=hidden, image_size=image_size, dim=dim, mlp=mlp,
                          queue_size=queue_size, momentum=momentum, temperature=temperature)
-        self.momentum, self.temperature = momentum, temperature
-        self.encoder_q = make_encoder(in_channels, hidden, image_size, dim, mlp)
+        if bn_splits > 1:  # absent from the arch of one-group models, so their checkpoints stay as they were
+            self.arch["bn_splits"] = bn_splits
+        self.momentum, self.temperature, self.bn_splits = momentum, temperature, bn_splits
+        self.encoder_q = make_encoder(in_channels, hidden, image_size, dim, mlp, bn_splits)
         self.encoder_k = copy.deepcopy(self.encoder_q)  # starts equal to f_q, then follows it by EMA
         for p in self.encoder_k.parameters():
             p.requires_grad = False
@@ -52,12 +54,20 @@ class CFE(nn.Module):
         """Normalised embedding of f_q (head included, as upstream encodes): NxC."""
         return F.normalize(self.encoder_q(x), dim=1)
 
-    def forward(self, x1, x2):
-        """Two views of the same N images -> scalar loss; updates f_k and the queue as side effects."""
+    def forward(self, x1, x2, gen=None):
+        """Two views of the same N images -> scalar loss; updates f_k and the queue as side effects.
+        `gen` draws the key shuffle when BatchNorm is split into groups."""
         q = self.embed(x1)  # queries: NxC
         with torch.no_grad():
             self.momentum_update()
-            k = F.normalize(self.encoder_k(x2), dim=1)  # keys: NxC
+            if self.bn_splits > 1:
+                # as MoCo's shuffle BN across GPUs (moco/builder.py _batch_shuffle_ddp): a key is normalised
+                # with other images than its query, so matching BN statistics cannot identify the positive
+                order = torch.randperm(x2.shape[0], generator=gen, device=x2.device)
+                k = torch.empty_like(q)
+                k[order] = F.normalize(self.encoder_k(x2[order]), dim=1)  # keys: NxC, back in batch order
+            else:
+                k = F.normalize(self.encoder_k(x2), dim=1)  # keys: NxC
         # clone: the loss's backward needs the queue as it was, and enqueue overwrites it in place
         loss = cfe_loss(q, k, self.queue.clone(), self.temperature)
         self.enqueue(k)

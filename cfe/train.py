@@ -43,6 +43,9 @@ def get_parser():
     p.add_argument("--queue-size", type=int, default=65536, help="number of past keys kept as negatives")
     p.add_argument("--key-momentum", type=float, default=0.999, help="EMA momentum m of the key encoder")
     p.add_argument("--temperature", type=float, default=0.2)
+    p.add_argument("--bn-splits", type=int, default=1,
+                   help="BatchNorm statistics per group of batch/N images, with keys shuffled across groups "
+                        "(4 emulates upstream's 4-GPU run in one process)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
@@ -61,7 +64,7 @@ def train_step(model, optimizer, images, gen, augment) -> torch.Tensor:
     """One CFE step on a batch of uint8 NHWC images: two augmented views, loss, SGD update (skipped when the
     loss is not finite, which the caller turns into an error). Returns the loss."""
     x = to_float(images)
-    loss = model(augment(x, gen), augment(x, gen))
+    loss = model(augment(x, gen), augment(x, gen), gen)
     if torch.isfinite(loss):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -76,6 +79,8 @@ def main(argv=None):
         raise UserError(f"--batch-size and --queue-size must be >= 1, got {args.batch_size} and {args.queue_size}")
     if args.batch_size > args.queue_size:
         raise UserError(f"--batch-size {args.batch_size} must not exceed --queue-size {args.queue_size}")
+    if args.bn_splits < 1 or args.batch_size % args.bn_splits:
+        raise UserError(f"--bn-splits {args.bn_splits} must be >= 1 and divide --batch-size {args.batch_size}")
     set_threads(args.threads)
     device = pick_device(args.device)
     X = torch.from_numpy(load_images(args.data))  # NxHxWxC uint8; never the labels
@@ -87,12 +92,13 @@ def main(argv=None):
     out = Path(args.out)
     last = out / "checkpoints" / "last.pt"
     resuming = args.resume and last.exists()
-    prepare_run_dir(out, config, resume=args.resume)
+    prepare_run_dir(out, config, resume=args.resume, added={"bn_splits": 1})
     config["image_shape"] = [h, w, c]
 
     seed_everything(args.seed)
     model = CFE(in_channels=c, hidden=args.hidden, image_size=h, dim=args.dim, mlp=args.mlp,
-                queue_size=args.queue_size, momentum=args.key_momentum, temperature=args.temperature)
+                queue_size=args.queue_size, momentum=args.key_momentum, temperature=args.temperature,
+                bn_splits=args.bn_splits)
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.encoder_q.parameters(), args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)

@@ -7,24 +7,60 @@
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 
-def conv_block(cin, cout, track_running_stats=True):
+class SplitBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics come from `splits` separate groups of the batch.
+
+    Upstream trains CFE on 4 GPUs with DistributedDataParallel, so each BatchNorm normalises a quarter of the
+    batch (and MoCo shuffles the keys across GPUs so that a query and its key see different statistics). This
+    reproduces that in one process (the idea of the `SplitBatchNorm` in MoCo's single-GPU CIFAR-10 demo): group j
+    holds the samples j, j+s, j+2s, ... The running statistics become the mean of the groups' updates. In eval
+    mode, and with splits = 1, it is exactly nn.BatchNorm2d; its state dict has the same keys.
+    """
+
+    def __init__(self, num_features, splits=1, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.splits = splits
+
+    def forward(self, x):
+        s = self.splits
+        if s == 1 or not self.training:
+            return super().forward(x)
+        n, c, h, w = x.shape
+        assert n % s == 0, f"batch of {n} does not split into {s} equal BatchNorm groups"
+        assert self.track_running_stats and self.momentum is not None
+        mean, var = self.running_mean.repeat(s), self.running_var.repeat(s)  # (s*C), updated in place below
+        # (N)xCxHxW -> (N/s)x(s*C)xHxW: sample i*s+j becomes channel block j of row i, so BN's per-channel
+        # statistics are per group
+        y = F.batch_norm(x.reshape(n // s, s * c, h, w), mean, var, self.weight.repeat(s), self.bias.repeat(s),
+                         True, self.momentum, self.eps)
+        with torch.no_grad():
+            self.running_mean.copy_(mean.view(s, c).mean(0))
+            self.running_var.copy_(var.view(s, c).mean(0))
+            self.num_batches_tracked.add_(1)
+        return y.reshape(n, c, h, w)
+
+
+def conv_block(cin, cout, track_running_stats=True, bn_splits=1):
+    norm = SplitBatchNorm2d(cout, bn_splits) if bn_splits > 1 else \
+        nn.BatchNorm2d(cout, track_running_stats=track_running_stats)
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=1),
-        nn.BatchNorm2d(cout, track_running_stats=track_running_stats),
+        norm,
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
     )
 
 
 class Conv4(nn.Module):
-    def __init__(self, in_channels=1, hidden=64, track_running_stats=True):
+    def __init__(self, in_channels=1, hidden=64, track_running_stats=True, bn_splits=1):
         super().__init__()
         self.in_channels, self.hidden = in_channels, hidden
         self.blocks = nn.Sequential(
-            conv_block(in_channels, hidden, track_running_stats),
-            *[conv_block(hidden, hidden, track_running_stats) for _ in range(3)],
+            conv_block(in_channels, hidden, track_running_stats, bn_splits),
+            *[conv_block(hidden, hidden, track_running_stats, bn_splits) for _ in range(3)],
         )
 
     def forward(self, x):  # x: NxCxHxW float

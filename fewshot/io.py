@@ -115,17 +115,19 @@ def read_jsonl(path) -> list:
 RESUMABLE_CHANGES = ("epochs", "resume", "halt_after", "device", "threads")
 
 
-def prepare_run_dir(out, config: dict, resume: bool, may_change=RESUMABLE_CHANGES) -> Path:
+def prepare_run_dir(out, config: dict, resume: bool, may_change=RESUMABLE_CHANGES, added=None) -> Path:
     """Create a run folder and write its config.json (resolved arguments + git commit + package versions).
 
-    An existing run is continued only with --resume and only with the same settings (budgets may grow)."""
+    An existing run is continued only with --resume and only with the same settings (budgets may grow).
+    `added` maps options introduced after a run folder was written to the value such runs used."""
+    added = added or {}
     out = Path(out)
     cfg_path = out / "config.json"
     if cfg_path.exists():
         if not resume:
             raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         old = load_json(cfg_path)
-        changed = sorted(k for k in config if k not in may_change and old.get(k) != config[k])
+        changed = sorted(k for k in config if k not in may_change and old.get(k, added.get(k)) != config[k])
         if changed:
             raise UserError(f"--resume with settings that differ from {cfg_path}: {', '.join(changed)}")
     save_json(cfg_path, {**config, **provenance()})

@@ -23,7 +23,7 @@ case "$PRESET" in
   paper) d_cfe_epochs=200; d_maml_epochs=20; d_test_steps=50 ;;
   # quick: 50-step adaptation of 1,000 5-shot tasks alone takes about 20 minutes on 2 CPU cores, so the quick
   # preset adapts for 10 steps at test (the table says how many steps each number used)
-  quick) d_cfe_epochs=50;  d_maml_epochs=30; d_test_steps=10 ;;
+  quick) d_cfe_epochs=90;  d_maml_epochs=30; d_test_steps=10 ;;
   *) echo "error: PRESET must be quick or paper, got '$PRESET'" >&2; exit 2 ;;
 esac
 
@@ -36,6 +36,9 @@ CFE_DIM=${CFE_DIM:-64}
 # NOTE: upstream keeps 65,536 keys; Omniglot's train split has 22,000 images, so such a queue holds each image's
 # own older keys as negatives. 16,384 keys (under one epoch) avoids that and costs less per step.
 CFE_QUEUE=${CFE_QUEUE:-16384}
+# NOTE: upstream trains CFE on 4 GPUs, so each BatchNorm sees a quarter of the batch and keys are shuffled across
+# GPUs; CFE_BN_SPLITS=4 emulates that in one process, 1 is one BatchNorm over the whole batch
+CFE_BN_SPLITS=${CFE_BN_SPLITS:-1}
 # k-means pseudo-labels (upstream cfe/cfe_encoding.py)
 K=${K:-500}
 MIN_CLUSTER=${MIN_CLUSTER:-20}
@@ -71,7 +74,7 @@ CFE_CKPT=$RUN_DIR/cfe/checkpoints/epoch_$(printf %04d "$CFE_EPOCHS").pt
 if [ -f "$CFE_CKPT" ]; then echo "exists, skipped"
 else "$PYTHON" -m cfe.train --data "$DATA_DIR/omniglot_cache_train.npz" --out "$RUN_DIR/cfe" --epochs "$CFE_EPOCHS" \
   --batch-size "$CFE_BATCH" --lr "$CFE_LR" --temperature "$CFE_TEMPERATURE" --dim "$CFE_DIM" \
-  --queue-size "$CFE_QUEUE" --seed "$SEED" --device "$DEVICE" --threads "$THREADS" --resume; fi
+  --queue-size "$CFE_QUEUE" --bn-splits "$CFE_BN_SPLITS" --seed "$SEED" --device "$DEVICE" --threads "$THREADS" --resume; fi
 
 step "encode + k-means (K=$K) -> $RUN_DIR/caches"
 CACHE=$RUN_DIR/caches/omniglot_${CFE_DIM}_K_${K}

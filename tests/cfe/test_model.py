@@ -108,3 +108,21 @@ def test_embed_is_unit_norm_with_the_head():
     z = model.embed(torch.rand(5, 1, 28, 28))
     assert z.shape == (5, 8)
     torch.testing.assert_close(z.norm(dim=1), torch.ones(5))
+
+
+def test_split_batchnorm_shuffles_the_keys_and_returns_them_in_batch_order():
+    torch.manual_seed(0)
+    model = CFE(in_channels=1, hidden=4, image_size=28, dim=8, queue_size=16, momentum=0.0, bn_splits=2)
+    assert model.arch["bn_splits"] == 2 and "bn_splits" not in tiny().arch  # old checkpoints' arch unchanged
+    reference = copy.deepcopy(model)
+    x1, x2 = torch.rand(8, 1, 28, 28), torch.rand(8, 1, 28, 28)
+    model(x1, x2, torch.Generator().manual_seed(3))
+    # momentum 0: f_k is a copy of f_q; the keys come from f_k on the batch in the generator's shuffled order
+    reference.momentum_update()
+    order = torch.randperm(8, generator=torch.Generator().manual_seed(3))
+    expected = torch.empty(8, 8)
+    with torch.no_grad():
+        expected[order] = F.normalize(reference.encoder_k(x2[order]), dim=1)
+        unshuffled = F.normalize(copy.deepcopy(reference).encoder_k(x2), dim=1)
+    torch.testing.assert_close(model.queue[:8], expected)
+    assert not torch.allclose(model.queue[:8], unshuffled, atol=1e-4)  # other groups, other statistics

@@ -110,6 +110,7 @@ def test_non_finite_loss_is_a_clear_error(images_only, tmp_path, monkeypatch):
 @pytest.mark.parametrize("extra, message", [
     (["--batch-size", 300], "must not exceed --queue-size"),
     (["--batch-size", 0], "must be >= 1"),
+    (["--bn-splits", 3], "must be >= 1 and divide --batch-size 64"),
     (["--batch-size", 1024, "--queue-size", 1024], "800 images, fewer than one batch"),
 ])
 def test_impossible_settings_are_refused_before_the_run_folder_exists(images_only, tmp_path, extra, message):
@@ -123,3 +124,17 @@ def test_cosine_schedule():
     assert cosine_lr(0.03, 5, 10) == pytest.approx(0.015)
     assert cosine_lr(0.03, 10, 10) == pytest.approx(0.0, abs=1e-12)
     assert cosine_lr(0.03, 7, 10, cos=False) == 0.03
+
+
+def test_split_batchnorm_run_resumes_bit_identically_and_loads(images_only, tmp_path):
+    whole, halted = tmp_path / "whole", tmp_path / "halted"
+    train.main(args(images_only, whole, "--epochs", 2, "--bn-splits", 4))
+    train.main(args(images_only, halted, "--epochs", 2, "--bn-splits", 4, "--halt-after", 1))
+    train.main(args(images_only, halted, "--epochs", 2, "--bn-splits", 4, "--resume"))
+    a = load_checkpoint(whole / "checkpoints" / "last.pt", "cfe")
+    b = load_checkpoint(halted / "checkpoints" / "last.pt", "cfe")
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    assert load_cfe(whole / "checkpoints" / "last.pt").bn_splits == 4
+    with pytest.raises(UserError, match="differ .*: bn_splits"):
+        train.main(args(images_only, halted, "--epochs", 2, "--bn-splits", 2, "--resume"))

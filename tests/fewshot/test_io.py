@@ -114,6 +114,10 @@ def test_prepare_run_dir(tmp_path):
     assert load_json(out / "config.json")["epochs"] == 9
     prepare_run_dir(out, {"lr": 0.1, "epochs": 9, "threads": 1}, resume=True)  # so may the CPU threads
     assert load_json(out / "config.json")["threads"] == 1
+    # an option added after the run was written: its old implicit value resumes, another value does not
+    prepare_run_dir(out, {"lr": 0.1, "epochs": 9, "splits": 1}, resume=True, added={"splits": 1})
+    with pytest.raises(UserError, match="settings that differ .*: splits"):
+        prepare_run_dir(tmp_path / "run", {"lr": 0.1, "epochs": 9, "splits": 4}, resume=True, added={"splits": 1})
     fresh = tmp_path / "fresh"
     prepare_run_dir(fresh, {"lr": 0.1}, resume=True)  # --resume on a new folder starts it
     assert (fresh / "config.json").is_file()
