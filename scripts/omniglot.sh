@@ -8,6 +8,9 @@
 # Every variable below can be set from the environment. A stage whose output exists is skipped and an
 # interrupted stage resumes, so rerunning the same command continues where it stopped.
 set -euo pipefail
+# The rest is one { ...; exit; } block: bash reads it whole before running it, so this file can be edited (say,
+# for the next run's variables) while a long run is going without corrupting that run.
+{
 cd "$(dirname "$0")/.."
 
 PRESET=${PRESET:-quick}                   # quick | paper
@@ -99,3 +102,5 @@ done
 
 step "summary ($RUN_DIR/summary.md)"
 "$PYTHON" -m fewshot.report "$RUN_DIR"
+exit
+}
