@@ -49,6 +49,9 @@ def get_parser():
     p.add_argument("--first-order", action="store_true", help="first-order MAML (no second derivatives)")
     p.add_argument("--hidden", type=int, default=64, help="conv channels")
     p.add_argument("--no-pem", dest="pem", action="store_false", help="plain MAML on the pseudo-labels")
+    p.add_argument("--supervised", action="store_true",
+                   help="reference baseline, not unsupervised: train on --train-cache's true labels Y (a prepared "
+                        "*_cache_train.npz works); needs --no-pem")
     p.add_argument("--pem-warmup", type=int, default=5, help="epochs before PEM starts")
     p.add_argument("--pem-eta", type=float, default=0.9, help="a meta-batch is rebuilt with probability 1-eta")
     p.add_argument("--pem-k", type=int, default=5, help="nearest clusters examined per way")
@@ -80,7 +83,13 @@ def main(argv=None):
         raise UserError(f"--pem-eta must be in [0, 1], got {args.pem_eta}")
     set_threads(args.threads)
     device = pick_device(args.device)
-    X_np, pseudo, _ = load_pseudo_labels(args.train_cache)  # images and pseudo-labels only
+    if args.supervised and args.pem:
+        raise UserError("--supervised trains on true labels, which have no cluster centres for PEM; add --no-pem")
+    if args.supervised:  # the one path that reads true train labels, on request, for a supervised reference row
+        train = load_split(args.train_cache)
+        X_np, pseudo = train.X, train.Y
+    else:
+        X_np, pseudo, _ = load_pseudo_labels(args.train_cache)  # images and pseudo-labels only
     sampler = EpisodeSampler(pseudo, args.ways, args.shots, args.queries)
     index = None
     if args.pem:

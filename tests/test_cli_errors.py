@@ -154,6 +154,8 @@ CASES = {
     "maml-val-fewer-classes-than-ways": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--val-cache",
                                                                                 e.val_2, "--pem-k", "2"),
                                          "need 3 classes .* this split has 2"),
+    "maml-supervised-with-pem": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--supervised"),
+                                 "--supervised .* add --no-pem"),
     "maml-pem-k-too-large": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--pem-k", "5"), "pem-k"),
     "test-missing-run": ("maml.test", lambda e, o: maml_test_args(e, o, e.root / "norun"),
                          "config.json: file not found"),

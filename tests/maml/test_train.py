@@ -151,3 +151,18 @@ def test_validation_adapts_with_the_training_steps_unless_told(caches, tmp_path)
     assert json.loads((tmp_path / "a" / "config.json").read_text())["val_steps"] == 2
     maml_train.main([*common, "--out", str(tmp_path / "b"), "--val-steps", "7"])
     assert json.loads((tmp_path / "b" / "config.json").read_text())["val_steps"] == 7
+
+
+def test_supervised_baseline_trains_on_the_true_labels(caches, tmp_path):
+    """--supervised is the pseudo-label run on a cache whose cluster labels are the true ones, bit for bit."""
+    from fewshot.data import load_split
+
+    train = load_split(caches["train"])
+    relabelled = dict(caches, train=tmp_path / "truth_train.npz")
+    write_split(relabelled["train"], train.X, train.Y, cluster_label=train.Y)
+    run(caches, tmp_path / "sup", "--supervised", "--no-pem")
+    run(relabelled, tmp_path / "ref", "--no-pem")
+    assert_same(load(tmp_path / "sup")["model"], load(tmp_path / "ref")["model"])
+    run(caches, tmp_path / "pseudo", "--no-pem")
+    assert not torch.equal(load(tmp_path / "sup")["model"]["classifier.weight"],
+                           load(tmp_path / "pseudo")["model"]["classifier.weight"])
