@@ -33,7 +33,9 @@ def summarise(root: Path) -> list:
         if not (run / "config.json").is_file():
             continue
         cfg = load_json(run / "config.json")
-        row = {"method": "MAML + PEM" if cfg.get("pem") else "MAML (PEM off)", "run": str(run),
+        method = "MAML + PEM" if cfg.get("pem") else "MAML (PEM off)"
+        row = {"method": "MAML, true labels (supervised)" if cfg.get("supervised") else method, "run": str(run),
+               "maml_epochs": cfg.get("epochs"),
                "ari": quality.get("ari"), "nmi": quality.get("nmi"),
                "seconds": {"cfe": _epoch_seconds(root / "cfe"), "encode": enc.get("seconds"),
                            "maml": _epoch_seconds(run)}}
@@ -59,13 +61,14 @@ def to_markdown(rows) -> str:
     def num(x):
         return "-" if x is None else f"{x:.3f}"
 
-    lines = ["| method | 5-way 1-shot (%) | 5-way 5-shot (%) | ARI | NMI "
+    lines = ["| method | MAML epochs | 5-way 1-shot (%) | 5-way 5-shot (%) | ARI | NMI "
              "| CFE min | encode min | MAML min | test min |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r["seconds"]
         times = " | ".join(_minutes(s[k]) for k in ("cfe", "encode", "maml", "test"))
-        lines.append(f"| {r['method']} | {acc(r, '5w1s')} | {acc(r, '5w5s')} | {num(r['ari'])} | {num(r['nmi'])} "
+        lines.append(f"| {r['method']} | {r['maml_epochs'] or '-'} | {acc(r, '5w1s')} | {acc(r, '5w5s')} "
+                     f"| {num(r['ari'])} | {num(r['nmi'])} "
                      f"| {times} |")
     return "\n".join(lines) + "\n"
 

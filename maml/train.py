@@ -107,7 +107,7 @@ def main(argv=None):
     out = Path(args.out)
     last, best = out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
     resuming = args.resume and last.exists()
-    prepare_run_dir(out, config, resume=args.resume)
+    prepare_run_dir(out, config, resume=args.resume, added={"supervised": False})  # runs from before the option
 
     seed_everything(args.seed)
     model = MAMLNet(c, args.hidden, h, args.ways).to(device)

@@ -4,6 +4,8 @@
 #   bash scripts/omniglot.sh                    # PRESET=quick: the whole chain in about 45 minutes on 2 CPU cores
 #   PRESET=paper bash scripts/omniglot.sh       # the paper's budget (200 CFE epochs, 20 MAML epochs)
 #   PEM=0 bash scripts/omniglot.sh              # ablation: PEM off (reuses the CFE run and caches)
+#   PRESET=paper MAML_EPOCHS=60 MAML_DIR=runs/omniglot-paper/maml-pem-e60 bash scripts/omniglot.sh
+#                                               # longer MAML on the same caches, in its own folder
 #
 # Every variable below can be set from the environment. A stage whose output exists is skipped and an
 # interrupted stage resumes, so rerunning the same command continues where it stopped.
@@ -86,7 +88,7 @@ if [ -f "$RUN_DIR/caches/encode.json" ]; then echo "exists, skipped"
 else "$PYTHON" -m cfe.encode --checkpoint "$CFE_CKPT" --data-dir "$DATA_DIR" --dataset omniglot \
   --out "$RUN_DIR/caches" --k "$K" --min-cluster-size "$MIN_CLUSTER" --seed "$SEED" --device "$DEVICE" --threads "$THREADS" --resume; fi
 
-MAML_DIR=$RUN_DIR/maml-$([ "$PEM" = 1 ] && echo pem || echo nopem)
+MAML_DIR=${MAML_DIR:-$RUN_DIR/maml-$([ "$PEM" = 1 ] && echo pem || echo nopem)}
 step "MAML ($([ "$PEM" = 1 ] && echo "+PEM" || echo "PEM off"), $MAML_EPOCHS epochs) -> $MAML_DIR"
 "$PYTHON" -m maml.train --train-cache "${CACHE}_train.npz" --val-cache "${CACHE}_val.npz" --out "$MAML_DIR" \
   --epochs "$MAML_EPOCHS" --batches-per-epoch "$BATCHES_PER_EPOCH" --meta-batch "$META_BATCH" \

@@ -12,7 +12,7 @@ def make_pipeline(root):
     JsonlLog(root / "cfe" / "metrics.jsonl").write(epoch=2, seconds=60)
     save_json(root / "caches" / "encode.json", {"pseudo_label_quality": {"ari": 0.5, "nmi": 0.9}, "seconds": 30})
     for name, pem, acc in (("maml-pem", True, 0.9), ("maml-nopem", False, 0.8)):
-        save_json(root / name / "config.json", {"pem": pem})
+        save_json(root / name / "config.json", {"pem": pem, "epochs": 20})
         JsonlLog(root / name / "metrics.jsonl").write(epoch=1, seconds=120)
         for shots in (1, 5):
             save_json(root / name / "results" / f"test_5w{shots}s.json",
@@ -29,7 +29,7 @@ def test_summary_reads_every_stage(tmp_path):
     assert pem["seconds"] == {"cfe": 120, "encode": 30, "maml": 120, "test": 180}
     assert pem["ari"] == 0.5 and pem["nmi"] == 0.9
     table = to_markdown(list(rows.values()))
-    assert "| MAML + PEM | 91.00 ± 0.40 (1000 tasks, 10 steps) | 95.00 ± 0.40" in table
+    assert "| MAML + PEM | 20 | 91.00 ± 0.40 (1000 tasks, 10 steps) | 95.00 ± 0.40" in table
     assert "| 2.0 | 0.5 | 2.0 | 3.0 |" in table
 
 
@@ -45,3 +45,11 @@ def test_folder_without_runs_is_an_error(tmp_path):
         summarise(tmp_path)
     with pytest.raises(UserError, match="no such folder"):
         summarise(tmp_path / "missing")
+
+
+def test_supervised_reference_runs_are_labelled(tmp_path):
+    make_pipeline(tmp_path)
+    save_json(tmp_path / "maml-true" / "config.json", {"pem": False, "supervised": True, "epochs": 60})
+    rows = {r["method"]: r for r in summarise(tmp_path)}
+    assert rows["MAML, true labels (supervised)"]["maml_epochs"] == 60
+    assert "| MAML, true labels (supervised) | 60 | - | - |" in to_markdown(list(rows.values()))
