@@ -42,8 +42,8 @@ CFE_DIM=${CFE_DIM:-64}
 # own older keys as negatives. 16,384 keys (under one epoch) avoids that and costs less per step.
 CFE_QUEUE=${CFE_QUEUE:-16384}
 # NOTE: upstream trains CFE on 4 GPUs, so each BatchNorm sees a quarter of the batch and keys are shuffled across
-# GPUs; CFE_BN_SPLITS=4 emulates that in one process (+0.55 / +0.17 points at the paper budget, 13% slower
-# steps: RESULTS.md), 1 is one BatchNorm over the whole batch (the quick preset keeps it)
+# GPUs; CFE_BN_SPLITS=4 emulates that in one process (+0.55 / +0.17 points at the paper budget: RESULTS.md; 6-13%
+# slower steps: BENCHMARKS.md), 1 is one BatchNorm over the whole batch (the quick preset keeps it)
 CFE_BN_SPLITS=${CFE_BN_SPLITS:-$d_bn_splits}
 # k-means pseudo-labels (upstream cfe/cfe_encoding.py)
 K=${K:-500}
