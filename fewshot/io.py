@@ -10,6 +10,7 @@ import platform
 import subprocess
 import tempfile
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -119,16 +120,23 @@ def prepare_run_dir(out, config: dict, resume: bool, may_change=RESUMABLE_CHANGE
     """Create a run folder and write its config.json (resolved arguments + git commit + package versions).
 
     An existing run is continued only with --resume and only with the same settings (budgets may grow).
-    `added` maps options introduced after a run folder was written to the value such runs used."""
+    `added` maps options introduced after a run folder was written to the value such runs used.
+    config.json holds the latest invocation's settings; invocations.jsonl keeps one line per invocation (time,
+    git commit, the settings that may change on resume), so a run resumed with other threads or code says so."""
     added = added or {}
     out = Path(out)
     cfg_path = out / "config.json"
-    if cfg_path.exists():
+    resuming = cfg_path.exists()
+    if resuming:
         if not resume:
             raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         old = load_json(cfg_path)
         changed = sorted(k for k in config if k not in may_change and old.get(k, added.get(k)) != config[k])
         if changed:
             raise UserError(f"--resume with settings that differ from {cfg_path}: {', '.join(changed)}")
-    save_json(cfg_path, {**config, **provenance()})
+    prov = provenance()
+    save_json(cfg_path, {**config, **prov})
+    JsonlLog(out / "invocations.jsonl").write(
+        started=datetime.now(timezone.utc).isoformat(timespec="seconds"), resumed=resuming,
+        git_commit=prov["git_commit"], **{k: config[k] for k in may_change if k in config})
     return out

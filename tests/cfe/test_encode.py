@@ -19,7 +19,7 @@ from tests.conftest import files_under
 def test_files_follow_the_cache_contract(encoded):
     names = sorted(os.listdir(encoded.out))  # os.listdir shows hidden temporary files too
     stem = f"{encoded.dataset}_{encoded.dim}_K_{encoded.k}"
-    assert names == sorted(["config.json", "encode.json"] + [f"{stem}_{s}.npz" for s in
+    assert names == sorted(["config.json", "encode.json", "invocations.jsonl"] + [f"{stem}_{s}.npz" for s in
                                                               ("train", "val", "test", "train_clusters", "train_emb")])
     assert not [n for n in names if n.endswith(".tmp") or n.startswith(".")]
     for split in ("train", "val", "test"):

@@ -121,3 +121,9 @@ def test_prepare_run_dir(tmp_path):
     fresh = tmp_path / "fresh"
     prepare_run_dir(fresh, {"lr": 0.1}, resume=True)  # --resume on a new folder starts it
     assert (fresh / "config.json").is_file()
+    # every accepted invocation is logged (the refused ones are not), with what may change between them
+    log = read_jsonl(out / "invocations.jsonl")
+    assert [r["resumed"] for r in log] == [False, True, True, True]
+    assert [r["epochs"] for r in log] == [5, 9, 9, 9] and [r.get("threads") for r in log] == [None, None, 1, None]
+    assert all(r["git_commit"] == cfg["git_commit"] and "started" in r for r in log)
+    assert read_jsonl(fresh / "invocations.jsonl")[0]["resumed"] is False
