@@ -23,7 +23,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cfe.augment import omniglot_augment
 from cfe.model import CFE
-from cfe.train import train_step
+from cfe.train import check_step_settings, train_step
+from fewshot.errors import UserError, cli_main
 
 
 def matmul_gflops(n=4096, repeats=5) -> float:
@@ -47,7 +48,7 @@ def make_step(batch_size, queue_size, bn_splits):
     return lambda: train_step(model, opt, images, gen, omniglot_augment)
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--batch-size", type=int, default=256)
@@ -55,10 +56,14 @@ def main():
     p.add_argument("--bn-splits", type=int, nargs="+", default=[1])
     p.add_argument("--steps", type=int, default=20, help="timed steps per setting")
     p.add_argument("--threads", type=int, default=0, help="0: torch's default (all cores)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.steps < 1:
+        raise UserError(f"--steps must be >= 1, got {args.steps}")
+    settings = list(itertools.product(args.queue_size, args.bn_splits))
+    for q, s in settings:
+        check_step_settings(args.batch_size, q, s)
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = list(itertools.product(args.queue_size, args.bn_splits))
     steps = [make_step(args.batch_size, q, s) for q, s in settings]
     flops = []
     for step in steps:
@@ -86,4 +91,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)

@@ -72,15 +72,20 @@ def train_step(model, optimizer, images, gen, augment) -> torch.Tensor:
     return loss.detach()
 
 
+def check_step_settings(batch_size, queue_size, bn_splits) -> None:
+    """A clear error for a batch / queue / BatchNorm-split combination the CFE step cannot run."""
+    if min(batch_size, queue_size) < 1:
+        raise UserError(f"--batch-size and --queue-size must be >= 1, got {batch_size} and {queue_size}")
+    if batch_size > queue_size:
+        raise UserError(f"--batch-size {batch_size} must not exceed --queue-size {queue_size}")
+    if bn_splits < 1 or batch_size % bn_splits:
+        raise UserError(f"--bn-splits {bn_splits} must be >= 1 and divide --batch-size {batch_size}")
+
+
 def main(argv=None):
     args = get_parser().parse_args(argv)
     config = vars(args).copy()
-    if min(args.batch_size, args.queue_size) < 1:
-        raise UserError(f"--batch-size and --queue-size must be >= 1, got {args.batch_size} and {args.queue_size}")
-    if args.batch_size > args.queue_size:
-        raise UserError(f"--batch-size {args.batch_size} must not exceed --queue-size {args.queue_size}")
-    if args.bn_splits < 1 or args.batch_size % args.bn_splits:
-        raise UserError(f"--bn-splits {args.bn_splits} must be >= 1 and divide --batch-size {args.batch_size}")
+    check_step_settings(args.batch_size, args.queue_size, args.bn_splits)
     set_threads(args.threads)
     device = pick_device(args.device)
     X = torch.from_numpy(load_images(args.data))  # NxHxWxC uint8; never the labels

@@ -33,8 +33,9 @@ def summarise(root: Path) -> list:
         if not (run / "config.json").is_file():
             continue
         cfg = load_json(run / "config.json")
-        method = "MAML + PEM" if cfg.get("pem") else "MAML (PEM off)"
-        row = {"method": "MAML, true labels (supervised)" if cfg.get("supervised") else method, "run": str(run),
+        method = ("MAML, true labels (supervised)" if cfg.get("supervised")
+                  else "MAML + PEM" if cfg.get("pem") else "MAML (PEM off)")
+        row = {"method": method, "run": str(run),
                "maml_epochs": cfg.get("epochs"),
                "ari": quality.get("ari"), "nmi": quality.get("nmi"),
                "seconds": {"cfe": _epoch_seconds(root / "cfe"), "encode": enc.get("seconds"),

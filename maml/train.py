@@ -81,10 +81,10 @@ def main(argv=None):
     config = vars(args).copy()
     if not 0 <= args.pem_eta <= 1:
         raise UserError(f"--pem-eta must be in [0, 1], got {args.pem_eta}")
-    set_threads(args.threads)
-    device = pick_device(args.device)
     if args.supervised and args.pem:
         raise UserError("--supervised trains on true labels, which have no cluster centres for PEM; add --no-pem")
+    set_threads(args.threads)
+    device = pick_device(args.device)
     if args.supervised:  # the one path that reads true train labels, on request, for a supervised reference row
         train = load_split(args.train_cache)
         X_np, pseudo = train.X, train.Y
