@@ -4,6 +4,8 @@ Every file is written to a temporary name in the same folder and renamed into pl
 never leaves a half-written cache, checkpoint or result behind (rename is atomic on POSIX file systems).
 """
 
+import copy
+import functools
 import json
 import os
 import platform
@@ -91,8 +93,18 @@ def versions() -> dict:
     return out
 
 
-def provenance() -> dict:
+@functools.cache
+def _provenance() -> dict:
     return {"git_commit": git_commit(), "versions": versions()}
+
+
+def provenance() -> dict:
+    """The git commit and package versions of this process, captured at the first call and reused after.
+
+    Python reads the code when a stage starts, so the commit at that moment names the code that runs; asking git
+    again when a long run writes its results would name any commit made meanwhile. Each stage calls this as it
+    starts (prepare_run_dir does), so its checkpoints and results all name the code that produced them."""
+    return copy.deepcopy(_provenance())
 
 
 class JsonlLog:

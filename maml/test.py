@@ -51,6 +51,7 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    prov = provenance()  # the code as it starts: a commit made during a long test must not relabel its results
     set_threads(args.threads)
     device = pick_device(args.device)
     run = Path(args.run)
@@ -105,7 +106,7 @@ def main(argv=None):
     result = {"accuracy": mean, "ci95": ci, "tasks": len(tasks), "ways": args.ways, "shots": args.shots,
               "queries": queries, "steps": args.steps, "inner_lr": inner_lr, "episodes": source, "cache": cache,
               "checkpoint": str(ckpt_path), "checkpoint_epoch": ckpt["epoch"], "model_selection": ckpt["selection"],
-              "seconds": round(time.time() - t0, 1), "per_task_accuracy": accs, **provenance()}
+              "seconds": round(time.time() - t0, 1), "per_task_accuracy": accs, **prov}
     out = Path(args.output) if args.output else run / "results" / f"test_{args.ways}w{args.shots}s.json"
     save_json(out, result)
     print(f"{args.ways}-way {args.shots}-shot: {100 * mean:.2f} ± {100 * ci:.2f} % over {len(tasks)} tasks "

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import fewshot.io as fio
 from fewshot.checkpoint import save_checkpoint
 from fewshot.data import SPLITS, encoded_path, prepared_path, write_split
 from fewshot.errors import cli_main
@@ -135,3 +136,13 @@ def files_under(root) -> dict:
     if not root.exists():
         return {}
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def fake_git(monkeypatch):
+    """git_commit() answers whatever `head["commit"]` holds; provenance's captured value is cleared around the test."""
+    head = {"commit": "at-start"}
+    monkeypatch.setattr(fio, "git_commit", lambda: head["commit"])
+    fio._provenance.cache_clear()
+    yield head
+    fio._provenance.cache_clear()

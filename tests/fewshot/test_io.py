@@ -127,3 +127,11 @@ def test_prepare_run_dir(tmp_path):
     assert [r["epochs"] for r in log] == [5, 9, 9, 9] and [r.get("threads") for r in log] == [None, None, 1, None]
     assert all(r["git_commit"] == cfg["git_commit"] and "started" in r for r in log)
     assert read_jsonl(fresh / "invocations.jsonl")[0]["resumed"] is False
+
+
+
+def test_provenance_is_captured_once_per_process(fake_git):
+    first = fio.provenance()
+    fake_git["commit"] = "made-during-the-run"
+    first["git_commit"] = "edited by a caller"  # callers get copies: editing one changes nothing captured
+    assert fio.provenance()["git_commit"] == "at-start"

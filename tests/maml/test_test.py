@@ -135,3 +135,16 @@ def test_more_ways_than_test_classes_exits_with_an_error(run_dir, tmp_path):
     assert lines and lines[-1].startswith("error:") and f"{ways}-way" in lines[-1], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "r.json").exists()
+
+
+def test_results_name_the_commit_the_test_started_with(run_dir, tmp_path, monkeypatch, fake_git):
+    evaluate = maml_test.evaluate
+
+    def commit_during_the_test(*args, **kwargs):
+        fake_git["commit"] = "made-during-the-test"
+        return evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(maml_test, "evaluate", commit_during_the_test)
+    evaluate_run(run_dir, "--tasks", 2, "--output", tmp_path / "r.json")
+    assert fake_git["commit"] == "made-during-the-test"  # the patch ran
+    assert results(tmp_path / "r.json")["git_commit"] == "at-start"
