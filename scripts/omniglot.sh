@@ -39,7 +39,8 @@ CFE_LR=${CFE_LR:-0.03}
 CFE_TEMPERATURE=${CFE_TEMPERATURE:-0.2}
 CFE_DIM=${CFE_DIM:-64}
 # NOTE: upstream keeps 65,536 keys; Omniglot's train split has 22,000 images, so such a queue holds each image's
-# own older keys as negatives. 16,384 keys (under one epoch) avoids that and costs less per step.
+# own older keys as negatives. 16,384 keys (under one epoch) avoid that; 65,536 make each step 57% longer
+# (BENCHMARKS.md) for no measurable gain (+0.20 ± 0.33 / +0.08 ± 0.14 points at the paper budget, RESULTS.md).
 CFE_QUEUE=${CFE_QUEUE:-16384}
 # NOTE: upstream trains CFE on 4 GPUs, so each BatchNorm sees a quarter of the batch and keys are shuffled across
 # GPUs; CFE_BN_SPLITS=4 emulates that in one process (+0.55 / +0.17 points at the paper budget: RESULTS.md; 6-13%
