@@ -54,8 +54,8 @@ def embed(model, X: np.ndarray, batch_size: int, device, desc="embed") -> np.nda
     return torch.cat(out).numpy()
 
 
-def kmeans(Z: np.ndarray, k: int, niter: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """faiss k-means on every point (no subsampling). Returns (centres KxD, assignment N)."""
+def kmeans(Z: np.ndarray, k: int, niter: int, seed: int, nredo: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """faiss k-means on every point (no subsampling), best of `nredo` runs. Returns (centres KxD, assignment N)."""
     import faiss
 
     if torch.get_num_threads() > 0:
@@ -64,7 +64,7 @@ def kmeans(Z: np.ndarray, k: int, niter: int, seed: int) -> tuple[np.ndarray, np
     if k > n:
         raise UserError(f"--k {k} is larger than the number of train images ({n})")
     # faiss subsamples to 256 points per centroid unless told otherwise; we cluster every point
-    km = faiss.Kmeans(d, k, niter=niter, seed=seed, max_points_per_centroid=n, verbose=False,
+    km = faiss.Kmeans(d, k, niter=niter, nredo=nredo, seed=seed, max_points_per_centroid=n, verbose=False,
                       gpu=torch.cuda.is_available() and hasattr(faiss, "StandardGpuResources"))
     km.train(np.ascontiguousarray(Z, dtype=np.float32))
     _, assign = km.index.search(np.ascontiguousarray(Z, dtype=np.float32), 1)

@@ -61,8 +61,8 @@ QUERIES=${QUERIES:-5}
 PEM_WARMUP=${PEM_WARMUP:-5}
 PEM_ETA=${PEM_ETA:-0.9}
 PEM_K=${PEM_K:-5}
-# NOTE: upstream validates on 100 meta-batches of 8 tasks (800); 300 fixed tasks select the same way here:
-# VAL_TASKS=800 scored +0.18 ± 0.30 points at 1 shot, paper budget (RESULTS.md)
+# NOTE: upstream validates on 100 meta-batches of 8 tasks (800); the presets use 300 fixed tasks, as good here:
+# VAL_TASKS=800 scored +0.18 ± 0.30 points at 1 shot at the paper budget (RESULTS.md)
 VAL_TASKS=${VAL_TASKS:-300}
 VAL_STEPS=${VAL_STEPS:-$INNER_STEPS}      # upstream validates with the training adaptation steps
 # meta-test (upstream test.py: 1,000 tasks, 50 steps)

@@ -129,7 +129,6 @@ def test_prepare_run_dir(tmp_path):
     assert read_jsonl(fresh / "invocations.jsonl")[0]["resumed"] is False
 
 
-
 def test_provenance_is_captured_once_per_process(fake_git):
     first = fio.provenance()
     fake_git["commit"] = "made-during-the-run"
