@@ -6,10 +6,13 @@ ratio=(0.9, 1.1), bilinear) and, with p = 0.5, GaussianBlur with sigma ~ U(0.1, 
 than a PIL pipeline. Randomness comes only from the `generator` passed in, so a run is reproducible and
 resumable without saving global RNG state.
 
-NOTE: torchvision samples the crop with rejection (10 tries, then a centre-crop fallback); we sample
-scale and log-ratio once, and clamp the box to the image when it fits, so the distribution is close but not
-identical. Crops with scale > 1 extend past the image and are padded with zeros (the background of
-white-on-black Omniglot).
+Two ways to draw the crop box (`crop=`):
+- "torchvision": torchvision's RandomResizedCrop.get_params, batched: up to 10 draws of (area, ratio), the first
+  integer box that fits inside the image is used, else the whole image (the centre-crop fallback for a square
+  image with ratio 0.9-1.1). So area fractions above 1 are never used and no view is zoomed out: upstream's views.
+- "clamped" (the default, which the recorded paper-preset results used): one draw of area and log-ratio, a
+  real-valued box, centred when it is larger than the image. NOTE: this deviates from upstream: about one view in
+  six extends past the image and is padded with zeros (the background of white-on-black Omniglot).
 """
 
 import math
@@ -18,22 +21,53 @@ import torch
 import torch.nn.functional as F
 
 
-def random_resized_crop(x, generator, scale=(0.2, 1.1), ratio=(0.9, 1.1), out_size=None):
-    """x: NxCxHxW float. Returns NxCxSxS crops resized (bilinear) to out_size (default H)."""
+def torchvision_crop_boxes(n, size, generator, scale=(0.2, 1.1), ratio=(0.9, 1.1), tries=10, device=None):
+    """Integer crop boxes as torchvision's RandomResizedCrop.get_params draws them for a size x size image.
+
+    Returns top, left, height, width: four int64 tensors of length n. Each image gets `tries` draws of
+    (area, log-ratio); the first whose rounded box fits is used, and the whole image when none does."""
+    u = torch.rand(n, tries, 2, generator=generator, device=device)
+    area = size * size * (scale[0] + (scale[1] - scale[0]) * u[..., 0])  # N x tries, in pixels
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[..., 1]
+    w = torch.round(torch.sqrt(area * torch.exp(log_r))).long()  # round half to even, as Python's round()
+    h = torch.round(torch.sqrt(area / torch.exp(log_r))).long()
+    fits = (w > 0) & (w <= size) & (h > 0) & (h <= size)
+    first = fits.int().argmax(1)  # index of the first draw that fits (0 when none does)
+    any_fit = fits.any(1)
+    w = torch.where(any_fit, w.gather(1, first[:, None])[:, 0], size)
+    h = torch.where(any_fit, h.gather(1, first[:, None])[:, 0], size)
+    pos = torch.rand(n, 2, generator=generator, device=device)  # uniform over the valid integer positions
+    top = (pos[:, 0] * (size - h + 1)).long().clamp(max=size - h)
+    left = (pos[:, 1] * (size - w + 1)).long().clamp(max=size - w)
+    return top, left, h, w
+
+
+def random_resized_crop(x, generator, scale=(0.2, 1.1), ratio=(0.9, 1.1), out_size=None, crop="clamped"):
+    """x: NxCxHxW float (H = W). Returns NxCxSxS crops resized (bilinear) to out_size (default H)."""
     n, c, h, w = x.shape
     s = out_size or h
-    u = torch.rand(n, 4, generator=generator, device=x.device)
-    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]  # fraction of the image area
-    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
-    aspect = torch.exp(log_r)  # width / height
-    cw = torch.sqrt(area * aspect)  # crop width as a fraction of the image width
-    ch = torch.sqrt(area / aspect)
-    # centre anywhere the crop stays inside the image; when the crop is larger than the image, keep it centred
-    cx = (1 - cw).clamp(min=0) * (u[:, 2] - 0.5)  # in [-1, 1] normalised coordinates (half-extent is 1)
-    cy = (1 - ch).clamp(min=0) * (u[:, 3] - 0.5)
     theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
-    theta[:, 0, 0], theta[:, 0, 2] = cw, cx
-    theta[:, 1, 1], theta[:, 1, 2] = ch, cy
+    if crop == "torchvision":
+        assert h == w, f"square images expected, got {h}x{w}"
+        top, left, ch, cw = (t.to(x.dtype) for t in torchvision_crop_boxes(n, h, generator, scale, ratio,
+                                                                              device=x.device))
+        # the box [left, left + cw) x [top, top + ch) in the normalised coordinates of affine_grid
+        theta[:, 0, 0], theta[:, 0, 2] = cw / w, (2 * left + cw) / w - 1
+        theta[:, 1, 1], theta[:, 1, 2] = ch / h, (2 * top + ch) / h - 1
+    elif crop == "clamped":
+        u = torch.rand(n, 4, generator=generator, device=x.device)
+        area = scale[0] + (scale[1] - scale[0]) * u[:, 0]  # fraction of the image area
+        log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
+        aspect = torch.exp(log_r)  # width / height
+        cw = torch.sqrt(area * aspect)  # crop width as a fraction of the image width
+        ch = torch.sqrt(area / aspect)
+        # centre anywhere the crop stays inside the image; when the crop is larger than the image, keep it centred
+        cx = (1 - cw).clamp(min=0) * (u[:, 2] - 0.5)  # in [-1, 1] normalised coordinates (half-extent is 1)
+        cy = (1 - ch).clamp(min=0) * (u[:, 3] - 0.5)
+        theta[:, 0, 0], theta[:, 0, 2] = cw, cx
+        theta[:, 1, 1], theta[:, 1, 2] = ch, cy
+    else:
+        raise ValueError(f"crop must be 'torchvision' or 'clamped', got {crop!r}")
     grid = F.affine_grid(theta, (n, c, s, s), align_corners=False)  # NxSxSx2
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
@@ -57,8 +91,8 @@ def random_gaussian_blur(x, generator, p=0.5, sigma=(0.1, 2.0), kernel_size=9):
     return y.reshape(n, c, h, w)
 
 
-def omniglot_augment(x, generator):
+def omniglot_augment(x, generator, crop="clamped"):
     """x: NxCxHxW float in [0, 1] -> one augmented view, same shape, channels_last."""
-    x = random_resized_crop(x, generator)
+    x = random_resized_crop(x, generator, crop=crop)
     x = random_gaussian_blur(x, generator)
     return x.contiguous(memory_format=torch.channels_last)

@@ -9,6 +9,7 @@ uninterrupted run would.
 """
 
 import argparse
+import functools
 import math
 import time
 from pathlib import Path
@@ -46,6 +47,9 @@ def get_parser():
     p.add_argument("--bn-splits", type=int, default=1,
                    help="BatchNorm statistics per group of batch/N images, with keys shuffled across groups "
                         "(4 emulates upstream's 4-GPU run in one process)")
+    p.add_argument("--crop", choices=["clamped", "torchvision"], default="clamped",
+                   help="how crop boxes are drawn (cfe/augment.py): torchvision is upstream's RandomResizedCrop, "
+                        "clamped (default) also zooms out on about one view in six")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
@@ -97,7 +101,7 @@ def main(argv=None):
     out = Path(args.out)
     last = out / "checkpoints" / "last.pt"
     resuming = args.resume and last.exists()
-    prepare_run_dir(out, config, resume=args.resume, added={"bn_splits": 1})
+    prepare_run_dir(out, config, resume=args.resume, added={"bn_splits": 1, "crop": "clamped"})
     config["image_shape"] = [h, w, c]
 
     seed_everything(args.seed)
@@ -116,6 +120,7 @@ def main(argv=None):
         print(f"resumed from {last} at epoch {start}")
     log = JsonlLog(out / "metrics.jsonl")
     X = X.to(device)
+    augment = functools.partial(omniglot_augment, crop=args.crop)
     steps = n // args.batch_size  # drop the last partial batch, as upstream (drop_last=True)
 
     for epoch in range(start, args.epochs):
@@ -131,8 +136,7 @@ def main(argv=None):
         t0, total = time.time(), 0.0
         bar = tqdm(range(steps), desc=f"cfe epoch {epoch + 1}/{args.epochs}", leave=False, mininterval=2)
         for i in bar:
-            loss = train_step(model, optimizer, X[perm[i * args.batch_size:(i + 1) * args.batch_size]], gen,
-                              omniglot_augment)
+            loss = train_step(model, optimizer, X[perm[i * args.batch_size:(i + 1) * args.batch_size]], gen, augment)
             if not torch.isfinite(loss):
                 raise UserError(f"non-finite loss {loss.item()} at epoch {epoch + 1} step {i}; "
                                 f"last good checkpoint: {last}")

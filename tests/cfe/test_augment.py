@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cfe.augment import omniglot_augment, random_gaussian_blur, random_resized_crop
+from cfe.augment import omniglot_augment, random_gaussian_blur, random_resized_crop, torchvision_crop_boxes
 
 
 def images(n=6, c=1, size=28, seed=0):
@@ -84,3 +84,37 @@ def test_crop_zooms_in():
     assert (y > 0.5).sum() > 40
     y_full = random_resized_crop(x, gen(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
     assert (y_full > 0.5).sum() == 16
+
+
+def test_torchvision_boxes_fit_and_follow_torchvisions_distribution():
+    """Same distribution as torchvision's RandomResizedCrop.get_params (Monte Carlo, 20,000 draws each)."""
+    from torchvision.transforms import RandomResizedCrop
+
+    top, left, h, w = torchvision_crop_boxes(20000, 28, gen(0))
+    assert ((h >= 1) & (w >= 1) & (top >= 0) & (left >= 0) & (top + h <= 28) & (left + w <= 28)).all()
+    with torch.random.fork_rng():  # torchvision draws from the global RNG; leave it as it was
+        torch.manual_seed(0)
+        ref = torch.tensor([RandomResizedCrop.get_params(torch.zeros(1, 28, 28), [0.2, 1.1], [0.9, 1.1])
+                            for _ in range(20000)]).float()  # rows: top, left, h, w
+    ours = torch.stack([top, left, h, w], 1).float()
+    torch.testing.assert_close(ours.mean(0), ref.mean(0), atol=0.15, rtol=0)  # sd of each mean is below 0.05
+    area, ref_area = (h * w).float() / 784, ref[:, 2] * ref[:, 3] / 784
+    assert abs(area.mean() - ref_area.mean()) < 0.01
+    whole, ref_whole = ((h == 28) & (w == 28)).float().mean(), ((ref[:, 2] == 28) & (ref[:, 3] == 28)).float().mean()
+    assert abs(whole - ref_whole) < 0.006  # the whole image (fallback or a fitting draw): about 1.6%
+
+
+def test_torchvision_crop_resamples_exactly_the_box():
+    """Away from the box's 1-pixel rim, the crop is the box cut out and resized bilinearly (as PIL does)."""
+    x = images(n=8, size=28, seed=3)
+    y = random_resized_crop(x, gen(5), crop="torchvision")
+    top, left, h, w = torchvision_crop_boxes(8, 28, gen(5))  # the same generator state gives the same boxes
+    for i in range(8):
+        box = x[i:i + 1, :, top[i]:top[i] + h[i], left[i]:left[i] + w[i]]
+        ref = torch.nn.functional.interpolate(box, size=(28, 28), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(y[i, :, 1:-1, 1:-1], ref[0, :, 1:-1, 1:-1], atol=1e-5, rtol=0)
+
+
+def test_unknown_crop_mode_is_refused():
+    with pytest.raises(ValueError, match="crop must be"):
+        random_resized_crop(images(), gen(0), crop="nearest")
