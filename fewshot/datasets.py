@@ -93,10 +93,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.name not in DATASETS:
         raise UserError(f"unknown dataset '{args.name}'; known: {', '.join(DATASETS)}")
+    prov = provenance()  # as the run starts: a commit made during a long download must not be named
     out = Path(args.out)
     info = DATASETS[args.name](args.source, out)
     assert_disjoint_classes(info.pop("_labels"))
-    save_json(out / "prepare.json", {"dataset": args.name, **info, **provenance()})
+    save_json(out / "prepare.json", {"dataset": args.name, **info, **prov})
     print(f"{args.name}: " + ", ".join(f"{s} {v['images']} images / {v['classes']} classes"
                                         for s, v in info["splits"].items()) + f" -> {out}")
 

@@ -138,3 +138,21 @@ def test_split_batchnorm_run_resumes_bit_identically_and_loads(images_only, tmp_
     assert load_cfe(whole / "checkpoints" / "last.pt").bn_splits == 4
     with pytest.raises(UserError, match="differ .*: bn_splits"):
         train.main(args(images_only, halted, "--epochs", 2, "--bn-splits", 2, "--resume"))
+
+
+def test_crop_mode_is_recorded_and_older_runs_resume_as_clamped(images_only, tmp_path):
+    tv, old = tmp_path / "tv", tmp_path / "old"
+    train.main(args(images_only, tv, "--epochs", 1, "--crop", "torchvision"))
+    assert json.loads((tv / "config.json").read_text())["crop"] == "torchvision"
+    with pytest.raises(UserError, match="differ .*: crop"):
+        train.main(args(images_only, tv, "--epochs", 2, "--resume"))  # the default, clamped
+    # a run folder written before --crop existed used the clamped boxes, so it resumes with the default
+    train.main(args(images_only, old, "--epochs", 1))
+    a, b = (load_checkpoint(r / "checkpoints" / "last.pt", "cfe")["model"] for r in (tv, old))
+    assert not all(torch.equal(a[k], b[k]) for k in a)  # the crop mode reaches the training step
+    cfg = json.loads((old / "config.json").read_text())
+    del cfg["crop"]
+    (old / "config.json").write_text(json.dumps(cfg))
+    train.main(args(images_only, old, "--epochs", 2, "--resume"))
+    with pytest.raises(UserError, match="differ .*: crop"):
+        train.main(args(images_only, old, "--epochs", 3, "--crop", "torchvision", "--resume"))

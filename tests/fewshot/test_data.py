@@ -164,6 +164,21 @@ def test_digits_dataset(tmp_path, run_main):
     assert info["dataset"] == "digits" and info["splits"]["test"]["classes"] == 5
 
 
+def test_prepare_json_names_the_commit_the_run_started_with(tmp_path, monkeypatch, fake_git):
+    from fewshot import datasets
+
+    prepare = datasets.DATASETS["digits"]
+
+    def commit_during_the_run(*args):
+        fake_git["commit"] = "made-during-the-run"
+        return prepare(*args)
+
+    monkeypatch.setitem(datasets.DATASETS, "digits", commit_during_the_run)
+    datasets.main(["digits", "--out", str(tmp_path / "digits")])
+    assert fake_git["commit"] == "made-during-the-run"  # the patch ran
+    assert load_json(tmp_path / "digits" / "prepare.json")["git_commit"] == "at-start"
+
+
 def test_real_omniglot_splits_are_disjoint(tmp_path, run_main):
     out = tmp_path / "omniglot"
     r = run_main("fewshot.datasets", ["omniglot", "--source", omniglot_archive(), "--out", out])
