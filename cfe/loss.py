@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 
-def cfe_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
+def cfe_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float,
+             groups: int = 1) -> torch.Tensor:
     """Cross-entropy that pulls each image's two views together against other images and the queue.
 
     q: NxC normalised query embeddings (with gradient); k: NxC normalised key embeddings (no gradient);
@@ -12,6 +13,10 @@ def cfe_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature:
         [mu_n . sg(mu_m) for m in batch] ++ [mu_n . sg(queue_j) for j in queue],
     divided by the temperature, and the target is column n: |mu_n|^2 (how much the views agree) must beat
     the similarity to every other image's centre and to the queue.
+
+    groups > 1 splits the batch into that many consecutive groups and compares each centre only with the centres
+    of its own group (and the whole queue), as upstream's 4-GPU run does: each GPU's loss sees its quarter of
+    the batch (PL-CFE `cfe/builder.py` forward), and DDP averages the GPUs' gradients, i.e. the loss over groups.
     """
     n, c = q.shape
     assert k.shape == (n, c) and queue.shape[1] == c, (q.shape, k.shape, queue.shape)
@@ -20,5 +25,10 @@ def cfe_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature:
     # Nx(N+K) logits, and concatenating the small key side rather than the logits, keeps the queue cheap.
     keys = torch.cat([mu.detach(), queue.detach()], dim=0)  # (N+K)xC
     logits = (mu / temperature) @ keys.T  # Nx(N+K); diagonal of the first NxN block = intra-image agreement
+    if groups > 1:
+        assert n % groups == 0, f"batch {n} does not split into {groups} groups"
+        g = torch.arange(n, device=q.device) // (n // groups)  # N: group of each row
+        other = g[:, None] != g[None, :]  # NxN: centres of another group are not compared
+        logits = torch.cat([logits[:, :n].masked_fill(other, float("-inf")), logits[:, n:]], dim=1)
     target = torch.arange(n, device=q.device)
     return F.cross_entropy(logits, target)

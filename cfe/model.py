@@ -21,12 +21,16 @@ def make_encoder(in_channels, hidden, image_size, dim, mlp, bn_splits=1):
 
 class CFE(nn.Module):
     def __init__(self, in_channels=1, hidden=64, image_size=28, dim=64, mlp=True,
-                 queue_size=65536, momentum=0.999, temperature=0.2, bn_splits=1):
+                 queue_size=65536, momentum=0.999, temperature=0.2, bn_splits=1, per_split_loss=False):
         super().__init__()
         self.arch = dict(in_channels=in_channels, hidden=hidden, image_size=image_size, dim=dim, mlp=mlp,
                          queue_size=queue_size, momentum=momentum, temperature=temperature)
         if bn_splits > 1:  # absent from the arch of one-group models, so their checkpoints stay as they were
             self.arch["bn_splits"] = bn_splits
+        if per_split_loss:  # likewise absent unless set
+            assert bn_splits > 1, "per_split_loss needs bn_splits > 1"
+            self.arch["per_split_loss"] = True
+        self.loss_groups = bn_splits if per_split_loss else 1
         self.momentum, self.temperature, self.bn_splits = momentum, temperature, bn_splits
         self.encoder_q = make_encoder(in_channels, hidden, image_size, dim, mlp, bn_splits)
         self.encoder_k = copy.deepcopy(self.encoder_q)  # starts equal to f_q, then follows it by EMA
@@ -69,6 +73,6 @@ class CFE(nn.Module):
             else:
                 k = F.normalize(self.encoder_k(x2), dim=1)  # keys: NxC
         # clone: the loss's backward needs the queue as it was, and enqueue overwrites it in place
-        loss = cfe_loss(q, k, self.queue.clone(), self.temperature)
+        loss = cfe_loss(q, k, self.queue.clone(), self.temperature, groups=self.loss_groups)
         self.enqueue(k)
         return loss

@@ -47,6 +47,9 @@ def get_parser():
     p.add_argument("--bn-splits", type=int, default=1,
                    help="BatchNorm statistics per group of batch/N images, with keys shuffled across groups "
                         "(4 emulates upstream's 4-GPU run in one process)")
+    p.add_argument("--per-split-loss", action="store_true",
+                   help="compare each image's centre only with the centres of its own BatchNorm split (and the "
+                        "queue), one loss per split, averaged: upstream's per-GPU loss; needs --bn-splits > 1")
     p.add_argument("--crop", choices=["clamped", "torchvision"], default="clamped",
                    help="how crop boxes are drawn (cfe/augment.py): torchvision is upstream's RandomResizedCrop, "
                         "clamped (default) also zooms out on about one view in six")
@@ -90,6 +93,8 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     config = vars(args).copy()
     check_step_settings(args.batch_size, args.queue_size, args.bn_splits)
+    if args.per_split_loss and args.bn_splits < 2:
+        raise UserError("--per-split-loss needs --bn-splits of 2 or more")
     set_threads(args.threads)
     device = pick_device(args.device)
     X = torch.from_numpy(load_images(args.data))  # NxHxWxC uint8; never the labels
@@ -101,13 +106,14 @@ def main(argv=None):
     out = Path(args.out)
     last = out / "checkpoints" / "last.pt"
     resuming = args.resume and last.exists()
-    prepare_run_dir(out, config, resume=args.resume, added={"bn_splits": 1, "crop": "clamped"})
+    prepare_run_dir(out, config, resume=args.resume,
+                    added={"bn_splits": 1, "crop": "clamped", "per_split_loss": False})
     config["image_shape"] = [h, w, c]
 
     seed_everything(args.seed)
     model = CFE(in_channels=c, hidden=args.hidden, image_size=h, dim=args.dim, mlp=args.mlp,
                 queue_size=args.queue_size, momentum=args.key_momentum, temperature=args.temperature,
-                bn_splits=args.bn_splits)
+                bn_splits=args.bn_splits, per_split_loss=args.per_split_loss)
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.encoder_q.parameters(), args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)

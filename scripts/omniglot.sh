@@ -46,6 +46,9 @@ CFE_QUEUE=${CFE_QUEUE:-16384}
 # GPUs; CFE_BN_SPLITS=4 emulates that in one process (+0.55 / +0.17 points at the paper budget: RESULTS.md; 6-13%
 # slower steps: BENCHMARKS.md), 1 is one BatchNorm over the whole batch (the quick preset keeps it)
 CFE_BN_SPLITS=${CFE_BN_SPLITS:-$d_bn_splits}
+# NOTE: upstream computes one loss per GPU, so a centre is compared with the centres of its GPU's quarter of the
+# batch only; CFE_PER_SPLIT_LOSS=1 does so per BatchNorm split (needs CFE_BN_SPLITS > 1); 0 compares whole batches
+CFE_PER_SPLIT_LOSS=${CFE_PER_SPLIT_LOSS:-0}
 # NOTE: crop boxes as upstream's torchvision RandomResizedCrop (CFE_CROP=torchvision) or the presets' clamped boxes,
 # which also zoom out on about one view in six (cfe/augment.py)
 CFE_CROP=${CFE_CROP:-clamped}
@@ -86,7 +89,8 @@ CFE_CKPT=$RUN_DIR/cfe/checkpoints/epoch_$(printf %04d "$CFE_EPOCHS").pt
 if [ -f "$CFE_CKPT" ]; then echo "exists, skipped"
 else "$PYTHON" -m cfe.train --data "$DATA_DIR/omniglot_cache_train.npz" --out "$RUN_DIR/cfe" --epochs "$CFE_EPOCHS" \
   --batch-size "$CFE_BATCH" --lr "$CFE_LR" --temperature "$CFE_TEMPERATURE" --dim "$CFE_DIM" \
-  --queue-size "$CFE_QUEUE" --bn-splits "$CFE_BN_SPLITS" --crop "$CFE_CROP" --seed "$SEED" --device "$DEVICE" --threads "$THREADS" --resume; fi
+  --queue-size "$CFE_QUEUE" --bn-splits "$CFE_BN_SPLITS" --crop "$CFE_CROP" \
+  $([ "$CFE_PER_SPLIT_LOSS" = 1 ] && echo --per-split-loss) --seed "$SEED" --device "$DEVICE" --threads "$THREADS" --resume; fi
 
 step "encode + k-means (K=$K) -> $RUN_DIR/caches"
 CACHE=$RUN_DIR/caches/omniglot_${CFE_DIM}_K_${K}

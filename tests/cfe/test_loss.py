@@ -90,3 +90,20 @@ def test_shape_mismatch_is_refused():
         cfe_loss(torch.zeros(2, 3), torch.zeros(3, 3), torch.zeros(4, 3), 0.2)
     with pytest.raises(AssertionError):
         cfe_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(4, 5), 0.2)
+
+
+def test_groups_compare_each_centre_only_within_its_group():
+    """groups=2 on a batch of 4 is the mean of the two half-batch losses, each against the whole queue."""
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.nn.functional.normalize(torch.randn(4, 3, generator=g, dtype=torch.float64), dim=1)
+            for _ in range(2))
+    queue = torch.nn.functional.normalize(torch.randn(5, 3, generator=g, dtype=torch.float64), dim=1)
+    q1 = q.clone().requires_grad_()
+    grouped = cfe_loss(q1, k, queue, T, groups=2)
+    grouped.backward()
+    q2 = q.clone().requires_grad_()
+    halves = (cfe_loss(q2[:2], k[:2], queue, T) + cfe_loss(q2[2:], k[2:], queue, T)) / 2
+    halves.backward()
+    torch.testing.assert_close(grouped, halves, rtol=1e-12, atol=0)
+    torch.testing.assert_close(q1.grad, q2.grad, rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(grouped, cfe_loss(q, k, queue, T))  # the whole-batch loss differs

@@ -101,7 +101,7 @@ def test_resume_with_other_settings_is_refused(runs, images_only):
 
 
 def test_non_finite_loss_is_a_clear_error(images_only, tmp_path, monkeypatch):
-    monkeypatch.setattr("cfe.model.cfe_loss", lambda q, k, queue, t: (q * float("nan")).sum())
+    monkeypatch.setattr("cfe.model.cfe_loss", lambda q, k, queue, t, groups: (q * float("nan")).sum())
     with pytest.raises(UserError, match="non-finite loss .* epoch 1 step 0"):
         train.main(args(images_only, tmp_path / "run", "--epochs", 1))
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -111,6 +111,7 @@ def test_non_finite_loss_is_a_clear_error(images_only, tmp_path, monkeypatch):
     (["--batch-size", 300], "must not exceed --queue-size"),
     (["--batch-size", 0], "must be >= 1"),
     (["--bn-splits", 3], "must be >= 1 and divide --batch-size 64"),
+    (["--per-split-loss"], "--per-split-loss needs --bn-splits of 2 or more"),
     (["--batch-size", 1024, "--queue-size", 1024], "800 images, fewer than one batch"),
 ])
 def test_impossible_settings_are_refused_before_the_run_folder_exists(images_only, tmp_path, extra, message):
@@ -156,3 +157,15 @@ def test_crop_mode_is_recorded_and_older_runs_resume_as_clamped(images_only, tmp
     train.main(args(images_only, old, "--epochs", 2, "--resume"))
     with pytest.raises(UserError, match="differ .*: crop"):
         train.main(args(images_only, old, "--epochs", 3, "--crop", "torchvision", "--resume"))
+
+
+def test_per_split_loss_is_in_the_checkpoint_and_changes_training(images_only, tmp_path):
+    split, whole = tmp_path / "split", tmp_path / "whole"
+    train.main(args(images_only, split, "--epochs", 1, "--bn-splits", 4, "--per-split-loss"))
+    train.main(args(images_only, whole, "--epochs", 1, "--bn-splits", 4))
+    a, b = (load_checkpoint(r / "checkpoints" / "last.pt", "cfe") for r in (split, whole))
+    assert a["arch"]["per_split_loss"] is True and "per_split_loss" not in b["arch"]
+    assert load_cfe(split / "checkpoints" / "last.pt").loss_groups == 4
+    assert not all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    with pytest.raises(UserError, match="differ .*: per_split_loss"):
+        train.main(args(images_only, whole, "--epochs", 2, "--bn-splits", 4, "--per-split-loss", "--resume"))
