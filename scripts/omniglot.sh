@@ -25,10 +25,10 @@ DEVICE=${DEVICE:-auto}
 THREADS=${THREADS:-0}                     # CPU threads per stage (0: all cores); 1 lets two runs share 2 cores
 
 case "$PRESET" in
-  paper) d_cfe_epochs=200; d_maml_epochs=20; d_test_steps=50; d_bn_splits=4 ;;
+  paper) d_cfe_epochs=200; d_maml_epochs=20; d_test_steps=50; d_bn_splits=4; d_crop=torchvision ;;
   # quick: 50-step adaptation of 1,000 5-shot tasks alone takes about 20 minutes on 2 CPU cores, so the quick
   # preset adapts for 10 steps at test (the table says how many steps each number used)
-  quick) d_cfe_epochs=90;  d_maml_epochs=30; d_test_steps=10; d_bn_splits=1 ;;
+  quick) d_cfe_epochs=90;  d_maml_epochs=30; d_test_steps=10; d_bn_splits=1; d_crop=clamped ;;
   *) echo "error: PRESET must be quick or paper, got '$PRESET'" >&2; exit 2 ;;
 esac
 
@@ -49,9 +49,10 @@ CFE_BN_SPLITS=${CFE_BN_SPLITS:-$d_bn_splits}
 # NOTE: upstream computes one loss per GPU, so a centre is compared with the centres of its GPU's quarter of the
 # batch only; CFE_PER_SPLIT_LOSS=1 does so per BatchNorm split (needs CFE_BN_SPLITS > 1); 0 compares whole batches
 CFE_PER_SPLIT_LOSS=${CFE_PER_SPLIT_LOSS:-0}
-# NOTE: crop boxes as upstream's torchvision RandomResizedCrop (CFE_CROP=torchvision) or the presets' clamped boxes,
-# which also zoom out on about one view in six (cfe/augment.py)
-CFE_CROP=${CFE_CROP:-clamped}
+# crop boxes as upstream's torchvision RandomResizedCrop (torchvision, the paper preset: +0.69 ± 0.32 points at
+# 1 shot, RESULTS.md) or clamped boxes that also zoom out on one view in six (cfe/augment.py; NOTE: the quick
+# preset keeps them, as its recorded results used them)
+CFE_CROP=${CFE_CROP:-$d_crop}
 # k-means pseudo-labels (upstream cfe/cfe_encoding.py)
 K=${K:-500}
 MIN_CLUSTER=${MIN_CLUSTER:-20}
