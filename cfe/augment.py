@@ -10,9 +10,12 @@ Two ways to draw the crop box (`crop=`):
 - "torchvision": torchvision's RandomResizedCrop.get_params, batched: up to 10 draws of (area, ratio), the first
   integer box that fits inside the image is used, else the whole image (the centre-crop fallback for a square
   image with ratio 0.9-1.1). So area fractions above 1 are never used and no view is zoomed out: upstream's views.
-- "clamped" (the default, which the recorded paper-preset results used): one draw of area and log-ratio, a
-  real-valued box, centred when it is larger than the image. NOTE: this deviates from upstream: about one view in
-  six extends past the image and is padded with zeros (the background of white-on-black Omniglot).
+  NOTE: PIL cuts the box out before resizing, so its edge pixels are interpolated from inside the box only; here
+  the resampling reads the whole image, so the outermost output pixels also mix in the pixels next to the box.
+- "clamped" (the default, which the quick preset and the first paper-preset runs used): one draw of area and
+  log-ratio, a real-valued box, centred when it is larger than the image. NOTE: this deviates from upstream:
+  about one view in six extends past the image and is padded with zeros (the background of white-on-black
+  Omniglot).
 """
 
 import math
