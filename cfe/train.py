@@ -52,7 +52,7 @@ def get_parser():
                         "queue), one loss per split, averaged: upstream's per-GPU loss; needs --bn-splits > 1")
     p.add_argument("--crop", choices=["clamped", "torchvision"], default="clamped",
                    help="how crop boxes are drawn (cfe/augment.py): torchvision is upstream's RandomResizedCrop, "
-                        "clamped (default) also zooms out on about one view in six")
+                        "clamped also zooms out on about one view in six")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
