@@ -79,7 +79,7 @@ def train_step(model, optimizer, images, gen, augment) -> torch.Tensor:
     return loss.detach()
 
 
-def check_step_settings(batch_size, queue_size, bn_splits) -> None:
+def check_step_settings(batch_size, queue_size, bn_splits, per_split_loss=False) -> None:
     """A clear error for a batch / queue / BatchNorm-split combination the CFE step cannot run."""
     if min(batch_size, queue_size) < 1:
         raise UserError(f"--batch-size and --queue-size must be >= 1, got {batch_size} and {queue_size}")
@@ -87,14 +87,14 @@ def check_step_settings(batch_size, queue_size, bn_splits) -> None:
         raise UserError(f"--batch-size {batch_size} must not exceed --queue-size {queue_size}")
     if bn_splits < 1 or batch_size % bn_splits:
         raise UserError(f"--bn-splits {bn_splits} must be >= 1 and divide --batch-size {batch_size}")
+    if per_split_loss and bn_splits < 2:
+        raise UserError("--per-split-loss needs --bn-splits of 2 or more")
 
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
     config = vars(args).copy()
-    check_step_settings(args.batch_size, args.queue_size, args.bn_splits)
-    if args.per_split_loss and args.bn_splits < 2:
-        raise UserError("--per-split-loss needs --bn-splits of 2 or more")
+    check_step_settings(args.batch_size, args.queue_size, args.bn_splits, args.per_split_loss)
     set_threads(args.threads)
     device = pick_device(args.device)
     X = torch.from_numpy(load_images(args.data))  # NxHxWxC uint8; never the labels
