@@ -49,6 +49,7 @@ CFE_BN_SPLITS=${CFE_BN_SPLITS:-$d_bn_splits}
 # NOTE: upstream computes one loss per GPU, so a centre is compared with the centres of its GPU's quarter of the
 # batch only; CFE_PER_SPLIT_LOSS=1 does so per BatchNorm split (needs CFE_BN_SPLITS > 1); 0 compares whole batches
 CFE_PER_SPLIT_LOSS=${CFE_PER_SPLIT_LOSS:-0}
+case "$CFE_PER_SPLIT_LOSS" in 0|1) ;; *) echo "error: CFE_PER_SPLIT_LOSS must be 0 or 1, got '$CFE_PER_SPLIT_LOSS'" >&2; exit 2 ;; esac
 # crop boxes as upstream's torchvision RandomResizedCrop (torchvision, the paper preset; +0.69 / -0.05 points at
 # 1 shot with MAML seeds 0 / 1, RESULTS.md) or clamped boxes that also zoom out on one view in six
 # (cfe/augment.py; NOTE: the quick preset keeps them, as its recorded results used them)
