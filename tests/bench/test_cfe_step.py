@@ -1,5 +1,6 @@
 """bench/cfe_step.py: settings the CFE step cannot run are refused up front, as cfe.train refuses them."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -19,3 +20,16 @@ def test_bad_settings_give_one_line_and_exit_2(args, message):
     assert r.returncode == 2 and r.stdout == ""
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_every_setting_is_measured_and_reported():
+    """Each --crop x --bn-splits setting gets a row, in order, with a ratio to the first (1.0 for itself)."""
+    r = subprocess.run([sys.executable, str(BENCH), "--steps", "1", "--batch-size", "32", "--queue-size", "64",
+                        "--bn-splits", "1", "2", "--crop", "clamped", "torchvision", "--threads", "1"],
+                       capture_output=True, text=True, cwd=BENCH.parents[1])
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(r.stdout)["settings"]
+    assert [(row["bn_splits"], row["crop"]) for row in rows] == [
+        (1, "clamped"), (1, "torchvision"), (2, "clamped"), (2, "torchvision")]
+    assert rows[0]["ratio_to_first"] == 1.0
+    assert all(row["step_seconds_median"] > 0 and row["step_gflop"] > 0 for row in rows)
