@@ -25,10 +25,10 @@ DEVICE=${DEVICE:-auto}
 THREADS=${THREADS:-0}                     # CPU threads per stage (0: all cores); 1 lets two runs share 2 cores
 
 case "$PRESET" in
-  paper) d_cfe_epochs=200; d_maml_epochs=20; d_test_steps=50; d_bn_splits=4; d_crop=torchvision ;;
+  paper) d_cfe_epochs=200; d_maml_epochs=20; d_test_steps=50; d_bn_splits=4; d_crop=torchvision; d_split_loss=1 ;;
   # quick: 50-step adaptation of 1,000 5-shot tasks alone takes about 20 minutes on 2 CPU cores, so the quick
   # preset adapts for 10 steps at test (the table says how many steps each number used)
-  quick) d_cfe_epochs=90;  d_maml_epochs=30; d_test_steps=10; d_bn_splits=1; d_crop=clamped ;;
+  quick) d_cfe_epochs=90;  d_maml_epochs=30; d_test_steps=10; d_bn_splits=1; d_crop=clamped; d_split_loss=0 ;;
   *) echo "error: PRESET must be quick or paper, got '$PRESET'" >&2; exit 2 ;;
 esac
 
@@ -46,9 +46,12 @@ CFE_QUEUE=${CFE_QUEUE:-16384}
 # GPUs; CFE_BN_SPLITS=4 emulates that in one process (+0.55 / +0.17 points at the paper budget: RESULTS.md; 6-13%
 # slower steps: BENCHMARKS.md), 1 is one BatchNorm over the whole batch (the quick preset keeps it)
 CFE_BN_SPLITS=${CFE_BN_SPLITS:-$d_bn_splits}
-# NOTE: upstream computes one loss per GPU, so a centre is compared with the centres of its GPU's quarter of the
-# batch only; CFE_PER_SPLIT_LOSS=1 does so per BatchNorm split (needs CFE_BN_SPLITS > 1); 0 compares whole batches
-CFE_PER_SPLIT_LOSS=${CFE_PER_SPLIT_LOSS:-0}
+# upstream computes one loss per GPU, so a centre is compared with the centres of its GPU's quarter of the batch
+# only; CFE_PER_SPLIT_LOSS=1 does so per BatchNorm split (needs CFE_BN_SPLITS > 1; the paper preset, as upstream:
+# -0.17 / +0.56 points at 1 shot with MAML seeds 0 / 1, RESULTS.md); 0 compares whole batches (the quick preset,
+# and the default whenever CFE_BN_SPLITS is 1)
+[ "$CFE_BN_SPLITS" = 1 ] && d_split_loss=0
+CFE_PER_SPLIT_LOSS=${CFE_PER_SPLIT_LOSS:-$d_split_loss}
 case "$CFE_PER_SPLIT_LOSS" in 0|1) ;; *) echo "error: CFE_PER_SPLIT_LOSS must be 0 or 1, got '$CFE_PER_SPLIT_LOSS'" >&2; exit 2 ;; esac
 # crop boxes as upstream's torchvision RandomResizedCrop (torchvision, the paper preset; +0.69 / -0.05 points at
 # 1 shot with MAML seeds 0 / 1, RESULTS.md) or clamped boxes that also zoom out on one view in six

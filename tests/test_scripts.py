@@ -1,0 +1,61 @@
+"""scripts/omniglot.sh: each preset hands the stages the settings it documents, and bad variables stop it early.
+
+The stages are replaced by a stub interpreter (PYTHON) that only records its arguments, so this runs in a second.
+"""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(tmp_path, **env):
+    """Run scripts/omniglot.sh with a recording stub for Python; returns (exit code, stderr, {module: args})."""
+    log = tmp_path / "calls.txt"
+    stub = tmp_path / "python"
+    stub.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n')
+    stub.chmod(0o755)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "omniglot_cache_test.npz").touch()  # the data stage sees prepared data and is skipped
+    full_env = {**os.environ, "PYTHON": str(stub), "DATA_DIR": str(data), "RUN_DIR": str(tmp_path / "run"), **env}
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "omniglot.sh")], env=full_env, capture_output=True, text=True)
+    calls = {}
+    for line in log.read_text().splitlines() if log.exists() else []:
+        module, *args = line.split()[1:]  # "-m module args..."
+        calls[module] = args
+    return r.returncode, r.stderr, calls
+
+
+def option(args, name):
+    return args[args.index(name) + 1] if name in args else None
+
+
+@pytest.mark.parametrize("env, epochs, bn_splits, crop, split_loss, test_steps", [
+    ({"PRESET": "quick"}, "90", "1", "clamped", False, "10"),
+    ({"PRESET": "paper"}, "200", "4", "torchvision", True, "50"),
+    ({"PRESET": "paper", "CFE_BN_SPLITS": "1"}, "200", "1", "torchvision", False, "50"),  # no splits, no per-split loss
+    ({"PRESET": "paper", "CFE_PER_SPLIT_LOSS": "0", "CFE_CROP": "clamped"}, "200", "4", "clamped", False, "50"),
+    ({"PRESET": "quick", "CFE_BN_SPLITS": "4", "CFE_PER_SPLIT_LOSS": "1"}, "90", "4", "clamped", True, "10"),
+])
+def test_presets_pass_their_settings_to_the_stages(tmp_path, env, epochs, bn_splits, crop, split_loss, test_steps):
+    rc, err, calls = run_script(tmp_path, **env)
+    assert rc == 0, err
+    assert list(calls) == ["cfe.train", "cfe.encode", "maml.train", "maml.test", "fewshot.report"]
+    cfe = calls["cfe.train"]
+    assert (option(cfe, "--epochs"), option(cfe, "--bn-splits"), option(cfe, "--crop")) == (epochs, bn_splits, crop)
+    assert ("--per-split-loss" in cfe) == split_loss
+    assert option(calls["maml.test"], "--steps") == test_steps
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"PRESET": "fast"}, "PRESET must be quick or paper"),
+    ({"CFE_PER_SPLIT_LOSS": "yes"}, "CFE_PER_SPLIT_LOSS must be 0 or 1"),
+])
+def test_bad_variables_give_one_line_and_run_nothing(tmp_path, env, message):
+    rc, err, calls = run_script(tmp_path, **env)
+    assert rc == 2 and calls == {}
+    assert err.strip().splitlines() == [err.strip()] and message in err
