@@ -4,8 +4,9 @@
     python bench/cfe_step.py --queue-size 16384 65536
     python bench/cfe_step.py --bn-splits 1 4      # one BatchNorm vs 4 groups + key shuffle (CFE_BN_SPLITS=4)
     python bench/cfe_step.py --crop clamped torchvision   # the two ways of drawing crop boxes (CFE_CROP)
+    python bench/cfe_step.py --bn-splits 4 --per-split-loss 0 1   # one loss per split or over the batch
 
-Every setting given (each --queue-size x each --bn-splits x each --crop) is measured in the same process on the
+Every setting given (each --queue-size x --bn-splits x --crop x --per-split-loss) is measured in the same process on the
 same cores, their steps interleaved so that any slowdown of the machine hits all of them alike, and each is
 reported as its median step time, its ratio to the first setting, and its share of the matmul peak (the step's
 achieved FLOP rate over a 4096x4096 fp32 matmul's). FLOPs are counted by torch's FlopCounterMode (convolutions,
@@ -40,10 +41,11 @@ def matmul_gflops(n=4096, repeats=5) -> float:
     return 2 * n**3 / min(times) / 1e9
 
 
-def make_step(batch_size, queue_size, bn_splits, crop):
+def make_step(batch_size, queue_size, bn_splits, crop, per_split_loss):
     """A closure running one training step of a fresh CFE model with this setting (seeded, so repeatable)."""
     torch.manual_seed(0)
-    model = CFE(queue_size=queue_size, bn_splits=bn_splits).to(memory_format=torch.channels_last)
+    model = CFE(queue_size=queue_size, bn_splits=bn_splits, per_split_loss=bool(per_split_loss))
+    model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.encoder_q.parameters(), 0.03, momentum=0.9, weight_decay=1e-4)
     images = torch.randint(0, 256, (batch_size, 28, 28, 1), dtype=torch.uint8)
     gen = torch.Generator().manual_seed(0)
@@ -59,17 +61,19 @@ def main(argv=None):
     p.add_argument("--bn-splits", type=int, nargs="+", default=[1])
     p.add_argument("--crop", nargs="+", choices=["clamped", "torchvision"], default=["clamped"],
                    help="crop box modes (cfe/augment.py)")
+    p.add_argument("--per-split-loss", type=int, nargs="+", choices=[0, 1], default=[0],
+                   help="1: one CFE loss per BatchNorm split (needs --bn-splits >= 2), 0: over the whole batch")
     p.add_argument("--steps", type=int, default=20, help="timed steps per setting")
     p.add_argument("--threads", type=int, default=0, help="0: torch's default (all cores)")
     args = p.parse_args(argv)
     if args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
-    settings = list(itertools.product(args.queue_size, args.bn_splits, args.crop))
-    for q, s, _ in settings:
-        check_step_settings(args.batch_size, q, s)
+    settings = list(itertools.product(args.queue_size, args.bn_splits, args.crop, args.per_split_loss))
+    for q, s, _, split_loss in settings:
+        check_step_settings(args.batch_size, q, s, bool(split_loss))
     if args.threads:
         torch.set_num_threads(args.threads)
-    steps = [make_step(args.batch_size, q, s, c) for q, s, c in settings]
+    steps = [make_step(args.batch_size, *setting) for setting in settings]
     flops = []
     for step in steps:
         for _ in range(3):  # warm-up (allocator, oneDNN primitive caches)
@@ -85,11 +89,12 @@ def main(argv=None):
             ts.append(time.perf_counter() - t)
     peak = matmul_gflops()
     medians = [statistics.median(ts) for ts in times]
-    rows = [{"queue_size": q, "bn_splits": s, "crop": c, "step_seconds_median": round(sec, 4),
-             "step_seconds_min": round(min(ts), 4), "ratio_to_first": round(sec / medians[0], 3),
+    rows = [{"queue_size": q, "bn_splits": s, "crop": c, "per_split_loss": bool(sl),
+             "step_seconds_median": round(sec, 4), "step_seconds_min": round(min(ts), 4),
+             "ratio_to_first": round(sec / medians[0], 3),
              "step_gflop": round(f / 1e9, 2), "step_gflops_per_s": round(f / sec / 1e9, 1),
              "share_of_matmul_peak": round(f / sec / 1e9 / peak, 3)}
-            for (q, s, c), sec, ts, f in zip(settings, medians, times, flops)]
+            for (q, s, c, sl), sec, ts, f in zip(settings, medians, times, flops)]
     print(json.dumps({"settings": rows, "matmul_gflops_per_s": round(peak, 1), "batch_size": args.batch_size,
                       "steps": args.steps, "threads": torch.get_num_threads(), "torch": str(torch.__version__),
                       "machine": platform.processor() or platform.machine()}, indent=2))
