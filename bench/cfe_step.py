@@ -24,7 +24,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cfe.augment import omniglot_augment
+from cfe.augment import CROP_MODES, omniglot_augment
 from cfe.model import CFE
 from cfe.train import check_step_settings, train_step
 from fewshot.errors import UserError, cli_main
@@ -44,7 +44,7 @@ def matmul_gflops(n=4096, repeats=5) -> float:
 def make_step(batch_size, queue_size, bn_splits, crop, per_split_loss):
     """A closure running one training step of a fresh CFE model with this setting (seeded, so repeatable)."""
     torch.manual_seed(0)
-    model = CFE(queue_size=queue_size, bn_splits=bn_splits, per_split_loss=bool(per_split_loss))
+    model = CFE(queue_size=queue_size, bn_splits=bn_splits, per_split_loss=per_split_loss)
     model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.encoder_q.parameters(), 0.03, momentum=0.9, weight_decay=1e-4)
     images = torch.randint(0, 256, (batch_size, 28, 28, 1), dtype=torch.uint8)
@@ -59,7 +59,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--queue-size", type=int, nargs="+", default=[16384])
     p.add_argument("--bn-splits", type=int, nargs="+", default=[1])
-    p.add_argument("--crop", nargs="+", choices=["clamped", "torchvision"], default=["clamped"],
+    p.add_argument("--crop", nargs="+", choices=CROP_MODES, default=["clamped"],
                    help="crop box modes (cfe/augment.py)")
     p.add_argument("--per-split-loss", type=int, nargs="+", choices=[0, 1], default=[0],
                    help="1: one CFE loss per BatchNorm split (needs --bn-splits >= 2), 0: over the whole batch")
@@ -68,9 +68,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.steps < 1:
         raise UserError(f"--steps must be >= 1, got {args.steps}")
-    settings = list(itertools.product(args.queue_size, args.bn_splits, args.crop, args.per_split_loss))
-    for q, s, _, split_loss in settings:
-        check_step_settings(args.batch_size, q, s, bool(split_loss))
+    split_loss = [bool(v) for v in args.per_split_loss]
+    settings = list(itertools.product(args.queue_size, args.bn_splits, args.crop, split_loss))
+    for q, s, _, sl in settings:
+        check_step_settings(args.batch_size, q, s, sl)
     if args.threads:
         torch.set_num_threads(args.threads)
     steps = [make_step(args.batch_size, *setting) for setting in settings]
@@ -89,7 +90,7 @@ def main(argv=None):
             ts.append(time.perf_counter() - t)
     peak = matmul_gflops()
     medians = [statistics.median(ts) for ts in times]
-    rows = [{"queue_size": q, "bn_splits": s, "crop": c, "per_split_loss": bool(sl),
+    rows = [{"queue_size": q, "bn_splits": s, "crop": c, "per_split_loss": sl,
              "step_seconds_median": round(sec, 4), "step_seconds_min": round(min(ts), 4),
              "ratio_to_first": round(sec / medians[0], 3),
              "step_gflop": round(f / 1e9, 2), "step_gflops_per_s": round(f / sec / 1e9, 1),

@@ -23,6 +23,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+CROP_MODES = ("clamped", "torchvision")  # the `crop=` values below; the CLIs offer these
+
 
 def torchvision_crop_boxes(n, size, generator, scale=(0.2, 1.1), ratio=(0.9, 1.1), tries=10, device=None):
     """Integer crop boxes as torchvision's RandomResizedCrop.get_params draws them for a size x size image.
@@ -70,7 +72,7 @@ def random_resized_crop(x, generator, scale=(0.2, 1.1), ratio=(0.9, 1.1), out_si
         theta[:, 0, 0], theta[:, 0, 2] = cw, cx
         theta[:, 1, 1], theta[:, 1, 2] = ch, cy
     else:
-        raise ValueError(f"crop must be 'torchvision' or 'clamped', got {crop!r}")
+        raise ValueError(f"crop must be one of {CROP_MODES}, got {crop!r}")
     grid = F.affine_grid(theta, (n, c, s, s), align_corners=False)  # NxSxSx2
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from cfe.augment import omniglot_augment
+from cfe.augment import CROP_MODES, omniglot_augment
 from cfe.model import CFE
 from fewshot.backbones import to_float
 from fewshot.checkpoint import load_checkpoint, load_state, save_checkpoint
@@ -50,7 +50,7 @@ def get_parser():
     p.add_argument("--per-split-loss", action="store_true",
                    help="compare each image's centre only with the centres of its own BatchNorm split (and the "
                         "queue), one loss per split, averaged: upstream's per-GPU loss; needs --bn-splits > 1")
-    p.add_argument("--crop", choices=["clamped", "torchvision"], default="clamped",
+    p.add_argument("--crop", choices=CROP_MODES, default="clamped",
                    help="how crop boxes are drawn (cfe/augment.py): torchvision is upstream's RandomResizedCrop, "
                         "clamped also zooms out on about one view in six")
     p.add_argument("--seed", type=int, default=0)
