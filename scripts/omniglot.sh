@@ -57,11 +57,13 @@ case "$CFE_PER_SPLIT_LOSS" in 0|1) ;; *) echo "error: CFE_PER_SPLIT_LOSS must be
 # 1 shot with MAML seeds 0 / 1, RESULTS.md) or clamped boxes that also zoom out on one view in six
 # (cfe/augment.py; NOTE: the quick preset keeps them, as its recorded results used them)
 CFE_CROP=${CFE_CROP:-$d_crop}
+case "$CFE_CROP" in clamped|torchvision) ;; *) echo "error: CFE_CROP must be clamped or torchvision, got '$CFE_CROP'" >&2; exit 2 ;; esac
 # k-means pseudo-labels (upstream cfe/cfe_encoding.py)
 K=${K:-500}
 MIN_CLUSTER=${MIN_CLUSTER:-20}
 # MAML + PEM (upstream scripts/omni-maml-pem.sh, train_un_maml_pem.py)
 PEM=${PEM:-1}
+case "$PEM" in 0|1) ;; *) echo "error: PEM must be 0 or 1, got '$PEM'" >&2; exit 2 ;; esac
 MAML_EPOCHS=${MAML_EPOCHS:-$d_maml_epochs}
 BATCHES_PER_EPOCH=${BATCHES_PER_EPOCH:-100}
 META_BATCH=${META_BATCH:-8}

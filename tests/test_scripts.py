@@ -54,8 +54,19 @@ def test_presets_pass_their_settings_to_the_stages(tmp_path, env, epochs, bn_spl
 @pytest.mark.parametrize("env, message", [
     ({"PRESET": "fast"}, "PRESET must be quick or paper"),
     ({"CFE_PER_SPLIT_LOSS": "yes"}, "CFE_PER_SPLIT_LOSS must be 0 or 1"),
+    ({"CFE_CROP": "pil"}, "CFE_CROP must be clamped or torchvision"),
+    ({"PEM": "on"}, "PEM must be 0 or 1"),
 ])
 def test_bad_variables_give_one_line_and_run_nothing(tmp_path, env, message):
     rc, err, calls = run_script(tmp_path, **env)
     assert rc == 2 and calls == {}
     assert err.strip().splitlines() == [err.strip()] and message in err
+
+
+def test_script_accepts_every_crop_mode_the_trainer_offers(tmp_path):
+    from cfe.augment import CROP_MODES  # the script spells the list out; this keeps the two in step
+    for mode in CROP_MODES:
+        (tmp_path / mode).mkdir()
+        rc, err, calls = run_script(tmp_path / mode, CFE_CROP=mode)
+        assert rc == 0, err
+        assert option(calls["cfe.train"], "--crop") == mode
