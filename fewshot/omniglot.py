@@ -24,7 +24,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fewshot.data import SPLITS, assert_disjoint_classes, load_split, prepared_path, write_split
 from fewshot.errors import UserError
@@ -47,6 +47,17 @@ def to_cache_pixels(pil_image) -> np.ndarray:
     return (255 - np.asarray(small, dtype=np.uint8))[..., None]
 
 
+def to_torchmeta_pixels(pil_image) -> np.ndarray:
+    """One official 105x105 PNG as upstream's meta-test (`test.py`) sees it: (28,28,1) uint8.
+
+    That script reads Omniglot through torchmeta, which stores each PNG inverted at 105x105, and resizes it with
+    torchvision's Resize(28), i.e. PIL's bilinear filter, which averages over each output pixel's footprint. Its
+    meta-training reads the nearest-neighbour cache (`to_cache_pixels`) instead.
+    """
+    inverted = ImageOps.invert(pil_image.convert("L"))
+    return np.asarray(inverted.resize((SIDE, SIDE), Image.BILINEAR), dtype=np.uint8)[..., None]
+
+
 def _character_of(member: str):
     """'top/Alphabet/characterNN/XXXX_YY.png' -> 'Alphabet/characterNN', or None for anything but a drawing."""
     parts = PurePosixPath(member).parts
@@ -56,8 +67,8 @@ def _character_of(member: str):
     return f"{parts[-3]}/{parts[-2]}"
 
 
-def read_official_zip(path):
-    """Read an official Omniglot zip without extracting it.
+def read_official_zip(path, pixels=to_cache_pixels):
+    """Read an official Omniglot zip without extracting it; `pixels` turns each PNG into a (28,28,1) image.
 
     Returns (X uint8 (N,28,28,1), characters (N,) str 'Alphabet/characterNN', files: the zip member names), sorted
     by character, then file name, so the order does not depend on how the zip was written.
@@ -75,7 +86,7 @@ def read_official_zip(path):
             for i, (_, _, member) in enumerate(members):
                 try:
                     with Image.open(io.BytesIO(zf.read(member))) as im:
-                        X[i] = to_cache_pixels(im)
+                        X[i] = pixels(im)
                 except (UnidentifiedImageError, OSError, ValueError) as e:
                     raise UserError(f"{path}: {member} is not a readable PNG ({e})") from None
     except zipfile.BadZipFile as e:
@@ -84,7 +95,7 @@ def read_official_zip(path):
     return X, characters, [m for _, _, m in members]
 
 
-def read_official_zips(paths):
+def read_official_zips(paths, pixels=to_cache_pixels):
     """Read several official zips as one (X, characters, files), sorted like `read_official_zip`.
 
     A drawing found in more than one zip (the small official subsets share characters) is kept once; the same
@@ -92,7 +103,7 @@ def read_official_zips(paths):
     """
     seen = {}  # (character, file name) -> pixels
     for path in paths:
-        X, characters, files = read_official_zip(path)
+        X, characters, files = read_official_zip(path, pixels)
         for x, c, f in zip(X, characters, files):
             key = (str(c), PurePosixPath(f).name)
             if key in seen and not np.array_equal(seen[key][0], x):

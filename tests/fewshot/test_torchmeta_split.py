@@ -1,0 +1,70 @@
+"""fewshot.torchmeta_split: a cache split again, same characters and labels, with upstream test.py's pixels."""
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from fewshot import omniglot, torchmeta_split
+from fewshot.data import load_split, prepared_path
+from fewshot.errors import cli_main
+
+from .test_omniglot import SMALL1, _archive, _need
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("omniglot")
+    omniglot.extract_cache_archive(_need(_archive()), out)
+    return out
+
+
+def test_torchmeta_pixels_are_the_inverted_png_resized_bilinear():
+    png = np.full((105, 105), 255, np.uint8)
+    png[30:70, 50:53] = 0  # a black vertical stroke, 3 px wide, on white
+    x = omniglot.to_torchmeta_pixels(Image.fromarray(png))
+    ref = np.asarray(ImageOps.invert(Image.fromarray(png)).resize((28, 28), Image.BILINEAR))
+    assert x.shape == (28, 28, 1) and x.dtype == np.uint8 and np.array_equal(x[..., 0], ref)
+    near = omniglot.to_cache_pixels(Image.fromarray(png))
+    assert 0 < x.max() < 255 and not np.array_equal(x, near)  # averaged grey, where nearest keeps 0/255
+
+
+def test_split_keeps_the_cache_labels_with_torchmeta_pixels(cache_dir, tmp_path):
+    _need(SMALL1)  # 136 characters, in all three of the cache's splits
+    X_near, characters, files = omniglot.read_official_zip(SMALL1)
+    cache = omniglot.load_cache_splits({s: prepared_path(cache_dir, "omniglot", s) for s in ("train", "val", "test")})
+    assigned = omniglot.labels_from_cache(X_near, characters, cache)
+    test = np.array([assigned[str(c)][0] == "test" for c in characters])
+    got = {}
+    for pixels in ("torchmeta", "cache"):
+        out = tmp_path / pixels
+        torchmeta_split.main(["--zips", str(SMALL1), "--cache-dir", str(cache_dir), "--out", str(out),
+                              "--partial", "--pixels", pixels])
+        got[pixels] = load_split(prepared_path(out, "omniglot", "test"))
+    tm, near = got["torchmeta"], got["cache"]
+    assert 0 < len(tm.Y) < len(characters)
+    assert np.array_equal(tm.Y, [assigned[str(c)][1] for c in characters[test]])  # each drawing, the cache's label
+    assert np.array_equal(near.Y, tm.Y) and np.array_equal(near.X, X_near[test])  # same drawings, cache pixels
+    first = files[int(np.flatnonzero(test)[0])]
+    with zipfile.ZipFile(SMALL1) as zf:  # resampled independently here
+        ref = omniglot.to_torchmeta_pixels(Image.open(io.BytesIO(zf.read(first))))
+    assert np.array_equal(tm.X[0], ref) and not np.array_equal(tm.X, near.X)
+    assert "bilinear" in tm.meta["pixels"] and "nearest" in near.meta["pixels"]
+
+
+def test_incomplete_zips_and_missing_inputs_fail_in_one_line_and_write_nothing(cache_dir, tmp_path, capsys):
+    _need(SMALL1)
+    out = tmp_path / "tm"
+    for argv, message in [
+        (["--zips", str(SMALL1), "--cache-dir", str(cache_dir), "--splits", "train"], "lack"),  # small subset
+        (["--zips", str(tmp_path / "none"), "--cache-dir", str(cache_dir)], "no official Omniglot zip"),
+        (["--zips", str(SMALL1), "--cache-dir", str(tmp_path)], "file not found"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            cli_main(torchmeta_split.main, [*argv, "--out", str(out)])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code != 0 and message in err and len(err.splitlines()) == 1, err
+    assert not Path(out).exists()
