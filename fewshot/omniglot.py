@@ -178,23 +178,27 @@ def seeded_character_split(characters, seed, sizes=CACHE_SIZES) -> dict:
     return {str(names[i]): split for split, lo, hi in zip(SPLITS, bounds, bounds[1:]) for i in order[lo:hi]}
 
 
-def build_splits(zip_paths, cache_splits=None, seed=0) -> dict:
+def build_splits(zip_paths, cache_splits=None, seed=0, pixels=to_cache_pixels) -> dict:
     """Read official zips into {split: (X uint8 (N,28,28,1), Y int64 (N,))}, one entry per split in SPLITS.
 
     With cache_splits ({split: (X, Y)} of the upstream cache) every character takes the split and label the cache
     gives it, so the result agrees with the cache. Without it, a `seeded_character_split` is drawn and labels
     0..n-1 are given in sorted character order, train first, then val, then test. A subset of the zips can leave
-    a split empty (shape (0,28,28,1)).
+    a split empty (shape (0,28,28,1)). `pixels` makes X (e.g. `to_torchmeta_pixels`); matching against the cache
+    always uses the cache's own pixels.
     """
     if isinstance(zip_paths, (str, Path)):
         zip_paths = [zip_paths]
-    X, characters, _ = read_official_zips(zip_paths)
+    X, characters, files = read_official_zips(zip_paths)
     if cache_splits is not None:
         assigned = labels_from_cache(X, characters, cache_splits)
     else:
         split_of = seeded_character_split(characters, seed)
         ordered = sorted(split_of, key=lambda c: (SPLITS.index(split_of[c]), c))
         assigned = {c: (split_of[c], label) for label, c in enumerate(ordered)}
+    if pixels is not to_cache_pixels:
+        X, characters2, files2 = read_official_zips(zip_paths, pixels)
+        assert files2 == files and np.array_equal(characters2, characters)  # same sorted drawings, other pixels
     split = np.array([assigned[str(c)][0] for c in characters])
     Y = np.array([assigned[str(c)][1] for c in characters], dtype=np.int64)
     out = {s: (X[split == s], Y[split == s]) for s in SPLITS}

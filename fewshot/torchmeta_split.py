@@ -23,28 +23,28 @@ from fewshot.data import SPLITS, load_split, prepared_path, write_split
 from fewshot.errors import UserError, cli_main
 from fewshot.io import provenance
 
-PIXELS = {"torchmeta": om.to_torchmeta_pixels, "cache": om.to_cache_pixels}
+PIXELS = {  # --pixels: (function, what it does, recorded in the written files)
+    "torchmeta": (om.to_torchmeta_pixels, "inverted 105x105 PNG, PIL bilinear resize to 28 (upstream test.py)"),
+    "cache": (om.to_cache_pixels, "105x105 PNG, nearest-neighbour resize to 28, inverted (the cache)"),
+}
 
 
-def resampled_split(zip_paths, cache_splits, split, partial=False, pixels="torchmeta"):
-    """(X (N,28,28,1), Y cache labels (N,)) of the drawings of `split`'s characters in the zips, with `pixels`.
+def resampled_splits(zip_paths, cache_splits, splits, partial=False, pixels="torchmeta"):
+    """{split: (X (N,28,28,1), Y cache labels (N,))}: the drawings of each split's characters in the zips.
 
-    The characters and labels come from matching the zips' nearest-neighbour pixels against the cache, as
-    `build_splits` does. Unless `partial`, every character of the cache's split must be in the zips."""
-    X_near, characters, files = om.read_official_zips(zip_paths)
-    assigned = om.labels_from_cache(X_near, characters, cache_splits)
-    X, characters2, files2 = om.read_official_zips(zip_paths, PIXELS[pixels])
-    assert files2 == files and np.array_equal(characters2, characters)  # same sorted drawings, other pixels
-    keep = np.array([assigned[str(c)][0] == split for c in characters], dtype=bool)
-    Y = np.array([assigned[str(c)][1] for c in characters[keep]], dtype=np.int64)
-    want = np.unique(cache_splits[split][1])
-    if len(Y) == 0:
-        raise UserError(f"the zips hold no drawing of the cache's {split} split")
-    missing = len(np.setdiff1d(want, Y))
-    if missing and not partial:
-        raise UserError(f"the zips lack {missing} of the {len(want)} characters of the cache's {split} split; "
-                        f"give the zips that hold them, or --partial to write the rest")
-    return X[keep], Y
+    Characters and labels are the cache's (`build_splits` with the cache). Unless `partial`, every character of
+    each requested cache split must be in the zips."""
+    built = om.build_splits(zip_paths, cache_splits, pixels=PIXELS[pixels][0])
+    for split in splits:
+        Y = built[split][1]
+        if len(Y) == 0:
+            raise UserError(f"the zips hold no drawing of the cache's {split} split")
+        want = np.unique(cache_splits[split][1])
+        missing = len(np.setdiff1d(want, Y))
+        if missing and not partial:
+            raise UserError(f"the zips lack {missing} of the {len(want)} characters of the cache's {split} split; "
+                            f"give the zips that hold them, or --partial to write the rest")
+    return {split: built[split] for split in splits}
 
 
 def main(argv=None):
@@ -67,10 +67,8 @@ def main(argv=None):
         if not path.is_file():
             raise UserError(f"{path}: file not found (prepare the cache first: python -m fewshot.datasets omniglot)")
     cache = {s: (sp.X, sp.Y) for s, path in cache_paths.items() for sp in [load_split(path)]}
-    # every split is built and checked before any is written
-    out = {s: resampled_split(zips, cache, s, args.partial, args.pixels) for s in args.splits}
-    meta = {"pixels": {"torchmeta": "inverted 105x105 PNG, PIL bilinear resize to 28 (upstream test.py)",
-                       "cache": "105x105 PNG, nearest-neighbour resize to 28, inverted (the cache)"}[args.pixels],
+    out = resampled_splits(zips, cache, args.splits, args.partial, args.pixels)  # all checked before writing
+    meta = {"pixels": PIXELS[args.pixels][1],
             "zips": [str(z) for z in zips], "cache_dir": str(Path(args.cache_dir).resolve()), **provenance()}
     for s, (X, Y) in out.items():
         path = prepared_path(args.out, om.CACHE_NAME, s)
