@@ -43,6 +43,13 @@ def test_writer_failing_midway_keeps_the_old_file_and_leaves_no_temp(tmp_path, e
     assert listing(tmp_path) == ["result.json"]
 
 
+def test_output_folder_that_cannot_be_made_is_a_user_error(tmp_path):
+    (tmp_path / "taken").write_text("a file where the folder should go")
+    with pytest.raises(UserError, match="cannot create the output folder"):
+        save_npz(tmp_path / "taken" / "x.npz", a=np.zeros(1))
+    assert (tmp_path / "taken").read_text() == "a file where the folder should go"
+
+
 def test_save_npz_failing_midway(tmp_path, monkeypatch):
     target = tmp_path / "cache.npz"
     save_npz(target, X=np.arange(3))
