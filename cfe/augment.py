@@ -10,8 +10,9 @@ Two ways to draw the crop box (`crop=`):
 - "torchvision": torchvision's RandomResizedCrop.get_params, batched: up to 10 draws of (area, ratio), the first
   integer box that fits inside the image is used, else the whole image (the centre-crop fallback for a square
   image with ratio 0.9-1.1). So area fractions above 1 are never used and no view is zoomed out: upstream's views.
-  NOTE: PIL cuts the box out before resizing, so its edge pixels are interpolated from inside the box only; here
-  the resampling reads the whole image, so the outermost output pixels also mix in the pixels next to the box.
+  PIL cuts the box out before resizing, so its edge pixels are interpolated from inside the box only; here the
+  sampling points are clamped to the box's outermost pixel centres, which gives the same pixels (to within PIL's
+  rounding to uint8: tests/cfe/test_augment.py).
 - "clamped" (the default, which the quick preset and the first paper-preset runs used): one draw of area and
   log-ratio, a real-valued box, centred when it is larger than the image. NOTE: this deviates from upstream:
   about one view in six extends past the image and is padded with zeros (the background of white-on-black
@@ -73,7 +74,15 @@ def random_resized_crop(x, generator, scale=(0.2, 1.1), ratio=(0.9, 1.1), out_si
         theta[:, 1, 1], theta[:, 1, 2] = ch, cy
     else:
         raise ValueError(f"crop must be one of {CROP_MODES}, got {crop!r}")
-    grid = F.affine_grid(theta, (n, c, s, s), align_corners=False)  # NxSxSx2
+    grid = F.affine_grid(theta, (n, c, s, s), align_corners=False)  # NxSxSx2, (x, y) in [-1, 1]
+    if crop == "torchvision":
+        # keep every sampling point between the centres of the box's outermost pixels, so that bilinear weights
+        # never reach the pixels next to the box: what resizing the cut-out box (PIL, F.interpolate) reads
+        lo_x, hi_x = (2 * left + 1) / w - 1, (2 * (left + cw) - 1) / w - 1  # N, pixel centres in [-1, 1]
+        lo_y, hi_y = (2 * top + 1) / h - 1, (2 * (top + ch) - 1) / h - 1
+        gx = torch.maximum(torch.minimum(grid[..., 0], hi_x[:, None, None]), lo_x[:, None, None])
+        gy = torch.maximum(torch.minimum(grid[..., 1], hi_y[:, None, None]), lo_y[:, None, None])
+        grid = torch.stack((gx, gy), dim=-1)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

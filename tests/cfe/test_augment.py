@@ -1,5 +1,6 @@
 """cfe.augment: shapes, determinism from the torch.Generator alone, and the identity corner cases."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -105,14 +106,31 @@ def test_torchvision_boxes_fit_and_follow_torchvisions_distribution():
 
 
 def test_torchvision_crop_resamples_exactly_the_box():
-    """Away from the box's 1-pixel rim, the crop is the box cut out and resized bilinearly (as PIL does)."""
+    """The crop is the box cut out and resized bilinearly, rim included: no pixel next to the box is read."""
     x = images(n=8, size=28, seed=3)
     y = random_resized_crop(x, gen(5), crop="torchvision")
     top, left, h, w = torchvision_crop_boxes(8, 28, gen(5))  # the same generator state gives the same boxes
+    assert ((h < 28) | (w < 28)).sum() >= 4  # most boxes have a rim inside the image to get wrong
     for i in range(8):
         box = x[i:i + 1, :, top[i]:top[i] + h[i], left[i]:left[i] + w[i]]
         ref = torch.nn.functional.interpolate(box, size=(28, 28), mode="bilinear", align_corners=False)
-        torch.testing.assert_close(y[i, :, 1:-1, 1:-1], ref[0, :, 1:-1, 1:-1], atol=1e-5, rtol=0)
+        torch.testing.assert_close(y[i], ref[0], atol=1e-5, rtol=0)
+
+
+def test_torchvision_crop_matches_torchvision_on_pil_images():
+    """Upstream's views: torchvision's resized_crop of a PIL uint8 image, to within PIL's rounding."""
+    tf = pytest.importorskip("torchvision.transforms.functional")
+    from PIL import Image
+
+    x = (images(n=8, size=28, seed=4) * 255).round()
+    y = random_resized_crop(x / 255, gen(6), crop="torchvision") * 255
+    top, left, h, w = torchvision_crop_boxes(8, 28, gen(6))
+    for i in range(8):
+        pil = Image.fromarray(x[i, 0].to(torch.uint8).numpy(), mode="L")
+        ref = tf.resized_crop(pil, int(top[i]), int(left[i]), int(h[i]), int(w[i]), [28, 28],
+                              interpolation=tf.InterpolationMode.BILINEAR)
+        ref = torch.tensor(np.asarray(ref), dtype=torch.float32)
+        torch.testing.assert_close(y[i, 0], ref, atol=1.01, rtol=0)  # PIL rounds to whole grey levels
 
 
 def test_unknown_crop_mode_is_refused():
