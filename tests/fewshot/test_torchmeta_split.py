@@ -68,3 +68,23 @@ def test_incomplete_zips_and_missing_inputs_fail_in_one_line_and_write_nothing(c
         err = capsys.readouterr().err.strip()
         assert e.value.code != 0 and message in err and len(err.splitlines()) == 1, err
     assert not Path(out).exists()
+
+
+def test_zips_without_a_drawing_of_the_split_fail_in_one_line_even_with_partial(cache_dir, tmp_path, capsys):
+    _need(SMALL1)
+    X, characters, files = omniglot.read_official_zip(SMALL1)
+    cache = omniglot.load_cache_splits({s: prepared_path(cache_dir, "omniglot", s) for s in ("train", "val", "test")})
+    assigned = omniglot.labels_from_cache(X, characters, cache)
+    one = next(str(c) for c in characters if assigned[str(c)][0] == "train")  # a zip of one train character
+    small = tmp_path / "images_background_one.zip"
+    with zipfile.ZipFile(SMALL1) as src, zipfile.ZipFile(small, "w") as dst:
+        for name, c in zip(files, characters):
+            if str(c) == one:
+                dst.writestr(name, src.read(name))
+    out = tmp_path / "tm"
+    with pytest.raises(SystemExit) as e:
+        cli_main(torchmeta_split.main, ["--zips", str(small), "--cache-dir", str(cache_dir), "--out", str(out),
+                                        "--splits", "test", "--partial"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code != 0 and "no drawing of the cache's test split" in err and len(err.splitlines()) == 1, err
+    assert not out.exists()
