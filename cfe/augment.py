@@ -16,7 +16,8 @@ Two ways to draw the crop box (`crop=`):
 - "clamped" (the default, which the quick preset and the first paper-preset runs used): one draw of area and
   log-ratio, a real-valued box, centred when it is larger than the image. NOTE: this deviates from upstream:
   about one view in six extends past the image and is padded with zeros (the background of white-on-black
-  Omniglot).
+  Omniglot), and the box's centre is drawn from the middle half of the positions that keep it inside the image,
+  not from all of them (kept as it is: the recorded quick-preset and clamped-crop results used it).
 """
 
 import math
@@ -67,7 +68,8 @@ def random_resized_crop(x, generator, scale=(0.2, 1.1), ratio=(0.9, 1.1), out_si
         aspect = torch.exp(log_r)  # width / height
         cw = torch.sqrt(area * aspect)  # crop width as a fraction of the image width
         ch = torch.sqrt(area / aspect)
-        # centre anywhere the crop stays inside the image; when the crop is larger than the image, keep it centred
+        # centre within the middle half of the offsets that keep the crop inside the image (|c| <= (1 - size) / 2,
+        # see the NOTE above); when the crop is larger than the image, keep it centred
         cx = (1 - cw).clamp(min=0) * (u[:, 2] - 0.5)  # in [-1, 1] normalised coordinates (half-extent is 1)
         cy = (1 - ch).clamp(min=0) * (u[:, 3] - 0.5)
         theta[:, 0, 0], theta[:, 0, 2] = cw, cx

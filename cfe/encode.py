@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from cfe.train import load_cfe
 from fewshot.backbones import to_float
+from fewshot.cli import THREADS_HELP, nonneg_int, positive_int
 from fewshot.data import SPLITS, encoded_path, load_array, load_images, load_split, prepared_path, write_split
 from fewshot.errors import UserError, cli_main
 from fewshot.io import prepare_run_dir, provenance, save_json, save_npz
@@ -33,13 +34,14 @@ def get_parser():
     p.add_argument("--data-dir", required=True, help="folder with {dataset}_cache_{train,val,test}.npz")
     p.add_argument("--dataset", required=True, help="dataset name, used in file names")
     p.add_argument("--out", required=True, help="folder for the caches")
-    p.add_argument("--k", type=int, default=500, help="number of k-means clusters")
-    p.add_argument("--niter", type=int, default=100, help="k-means iterations")
-    p.add_argument("--min-cluster-size", type=int, default=20, help="repeat smaller clusters' images up to this")
+    p.add_argument("--k", type=positive_int, default=500, help="number of k-means clusters")
+    p.add_argument("--niter", type=positive_int, default=100, help="k-means iterations")
+    p.add_argument("--min-cluster-size", type=positive_int, default=20,
+                   help="repeat smaller clusters' images up to this")
     p.add_argument("--seed", type=int, default=0, help="k-means seed")
-    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--batch-size", type=positive_int, default=1024)
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
     p.add_argument("--resume", action="store_true", help="reuse --out if it already holds this configuration")
     return p
 

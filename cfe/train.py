@@ -21,9 +21,10 @@ from cfe.augment import CROP_MODES, omniglot_augment
 from cfe.model import CFE
 from fewshot.backbones import to_float
 from fewshot.checkpoint import load_checkpoint, load_state, save_checkpoint
+from fewshot.cli import THREADS_HELP, nonneg_int, positive_int
 from fewshot.data import load_images
 from fewshot.errors import UserError, cli_main
-from fewshot.io import JsonlLog, prepare_run_dir, provenance
+from fewshot.io import RESUMABLE_CHANGES, JsonlLog, prepare_run_dir, provenance
 from fewshot.runtime import epoch_seed, pick_device, seed_everything, set_threads
 
 
@@ -32,19 +33,19 @@ def get_parser():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", required=True, help="train split .npz (only its images X are read)")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--epochs", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--epochs", type=positive_int, default=200)
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--lr", type=float, default=0.03)
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--no-cos", dest="cos", action="store_false", help="constant lr instead of the cosine schedule")
-    p.add_argument("--hidden", type=int, default=64, help="conv channels of the Conv4 backbone")
-    p.add_argument("--dim", type=int, default=64, help="embedding dimension")
+    p.add_argument("--hidden", type=positive_int, default=64, help="conv channels of the Conv4 backbone")
+    p.add_argument("--dim", type=positive_int, default=64, help="embedding dimension")
     p.add_argument("--no-mlp", dest="mlp", action="store_false", help="linear head instead of the MLP head")
-    p.add_argument("--queue-size", type=int, default=65536, help="number of past keys kept as negatives")
+    p.add_argument("--queue-size", type=positive_int, default=65536, help="number of past keys kept as negatives")
     p.add_argument("--key-momentum", type=float, default=0.999, help="EMA momentum m of the key encoder")
     p.add_argument("--temperature", type=float, default=0.2)
-    p.add_argument("--bn-splits", type=int, default=1,
+    p.add_argument("--bn-splits", type=positive_int, default=1,
                    help="BatchNorm statistics per group of batch/N images, with keys shuffled across groups "
                         "(4 emulates upstream's 4-GPU run in one process)")
     p.add_argument("--per-split-loss", action="store_true",
@@ -55,8 +56,8 @@ def get_parser():
                         "clamped also zooms out on about one view in six")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
-    p.add_argument("--save-every", type=int, default=20, help="keep a snapshot every N epochs")
+    p.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
+    p.add_argument("--save-every", type=positive_int, default=20, help="keep a snapshot every N epochs")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoints/last.pt if present")
     p.add_argument("--halt-after", type=int, default=0, help=argparse.SUPPRESS)  # tests: stop as if interrupted
     return p
@@ -106,7 +107,8 @@ def main(argv=None):
     out = Path(args.out)
     last = out / "checkpoints" / "last.pt"
     resuming = args.resume and last.exists()
-    prepare_run_dir(out, config, resume=args.resume,
+    # the cosine schedule depends on --epochs, so unlike MAML's a CFE run cannot be lengthened on resume
+    prepare_run_dir(out, config, resume=args.resume, may_change=tuple(k for k in RESUMABLE_CHANGES if k != "epochs"),
                     added={"bn_splits": 1, "crop": "clamped", "per_split_loss": False})
     config["image_shape"] = [h, w, c]
 
@@ -124,7 +126,7 @@ def main(argv=None):
         optimizer.load_state_dict(ckpt["optimizer"])
         start = ckpt["epoch"]
         print(f"resumed from {last} at epoch {start}")
-    log = JsonlLog(out / "metrics.jsonl")
+    log = JsonlLog(out / "metrics.jsonl", start_epoch=start)
     X = X.to(device)
     augment = functools.partial(omniglot_augment, crop=args.crop)
     steps = n // args.batch_size  # drop the last partial batch, as upstream (drop_last=True)

@@ -28,14 +28,22 @@ def atomic_path(path):
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # e.g. a file where the output folder should be
         raise UserError(f"{path.parent}: cannot create the output folder ({e.strerror})") from None
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; give a file name to write")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # e.g. a read-only folder
+        raise UserError(f"{path.parent}: cannot write here ({e.strerror})") from None
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:  # e.g. a folder created at `path` meanwhile
+            raise UserError(f"{path}: cannot write it ({e.strerror})") from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -111,11 +119,21 @@ def provenance() -> dict:
 
 
 class JsonlLog:
-    """Metrics as JSON lines, one object per line, appended (a resumed run continues the same file)."""
+    """Metrics as JSON lines, one object per line, appended (a resumed run continues the same file).
 
-    def __init__(self, path):
+    A torn last line (a run killed while writing it) is dropped before appending. `start_epoch`, the epoch a
+    training run starts from, also drops rows of later epochs: a run killed after logging an epoch but before
+    saving its checkpoint runs that epoch again, and each epoch should appear once."""
+
+    def __init__(self, path, start_epoch: int | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_file():
+            rows = [r for r in read_jsonl(self.path) if start_epoch is None or r.get("epoch", 0) <= start_epoch]
+            text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+            if text != self.path.read_text():
+                with atomic_path(self.path) as tmp:
+                    tmp.write_text(text)
 
     def write(self, **row) -> None:
         with open(self.path, "a") as f:
@@ -124,7 +142,19 @@ class JsonlLog:
 
 
 def read_jsonl(path) -> list:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The rows of a JSON-lines file; a torn last line (a run killed while writing it) is left out."""
+    lines = Path(path).read_text().split("\n")  # the part after the last newline is complete only if empty
+    rows = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n == len(lines):  # no newline after it: cut short
+                break
+            raise UserError(f"{path}: line {n} is not JSON") from None
+    return rows
 
 
 # settings a resumed run may change: budgets and where it runs (not what it computes)

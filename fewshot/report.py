@@ -16,7 +16,11 @@ from fewshot.io import atomic_path, load_json, read_jsonl, save_json
 
 def _epoch_seconds(run: Path):
     m = run / "metrics.jsonl"
-    return round(sum(r.get("seconds", 0) for r in read_jsonl(m))) if m.is_file() else None
+    if not m.is_file():
+        return None
+    # an epoch logged again (the run was killed after logging it, before its checkpoint) counts once: the last row
+    last = {r.get("epoch", i): r for i, r in enumerate(read_jsonl(m))}
+    return round(sum(r.get("seconds", 0) for r in last.values()))
 
 
 def _minutes(seconds):

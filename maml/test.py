@@ -5,7 +5,9 @@
     python -m maml.test --run runs/omniglot/maml --episodes episodes_5shot.json
 
 Reads the training run's config.json (architecture, inner step size, caches) and its best checkpoint. Writes
-results/test_{ways}w{shots}s.json into the run folder (or --output) and prints the result.
+results/test_{ways}w{shots}s.json into the run folder (or --output) and prints the result; tasks from another
+cache or an episodes file go to results/test_{ways}w{shots}s_{its name}.json, so they never replace the test
+split's result. With --episodes, ways and shots are the file's.
 """
 
 import argparse
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 
 from fewshot.checkpoint import load_checkpoint, load_state
+from fewshot.cli import THREADS_HELP, nonneg_int, positive_int
 from fewshot.data import load_split
 from fewshot.datasets import image_file_loader
 from fewshot.episodes import EpisodeSampler, load_episodes, save_episodes
@@ -34,19 +37,39 @@ def get_parser():
     p.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint path")
     p.add_argument("--cache", help="labelled split to test on; default: the test cache beside the train cache")
     p.add_argument("--dataset", help="dataset name, to read image files named in --episodes (e.g. omniglot)")
-    p.add_argument("--ways", type=int, default=5)
-    p.add_argument("--shots", type=int, default=1)
+    p.add_argument("--ways", type=positive_int, help="ways per task (default: 5; with --episodes, the file's)")
+    p.add_argument("--shots", type=positive_int,
+                   help="support images per way (default: 1; with --episodes, the file's)")
     p.add_argument("--queries", type=int, help="query images per way (default: the training run's)")
-    p.add_argument("--tasks", type=int, default=1000)
-    p.add_argument("--steps", type=int, default=50, help="adaptation steps")
+    p.add_argument("--tasks", type=positive_int, default=1000)
+    p.add_argument("--steps", type=positive_int, default=50, help="adaptation steps")
     p.add_argument("--inner-lr", type=float, help="adaptation step size (default: the training run's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-episodes", help="write the sampled tasks to this JSON file")
     p.add_argument("--episodes", help="evaluate the tasks of this JSON file instead of sampling")
-    p.add_argument("--output", help="results JSON (default: RUN/results/test_{ways}w{shots}s.json)")
+    p.add_argument("--output", help="results JSON (default: RUN/results/test_{ways}w{shots}s.json, with _NAME "
+                                    "added for another --cache or --episodes file NAME.json)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
     return p
+
+
+def default_test_cache(train_cache: str) -> str:
+    """The test cache written beside a train cache (`..._train.npz` -> `..._test.npz`)."""
+    if not train_cache.endswith("_train.npz"):
+        raise UserError(f"{train_cache}: cannot tell which test cache goes with this train cache; pass --cache")
+    return train_cache[:-len("_train.npz")] + "_test.npz"
+
+
+def episode_shape(tasks, path) -> tuple[int, int, int | None]:
+    """(ways, shots, queries per way) of an episodes file's tasks; queries is None when it varies."""
+    ways = {len(t.classes) for t in tasks}
+    shots = {c for t in tasks for c in np.bincount(t.support_y)}
+    queries = {c for t in tasks for c in np.bincount(t.query_y, minlength=len(t.classes))}
+    if len(ways) != 1 or len(shots) != 1:
+        raise UserError(f"{path}: tasks must share one number of ways and of support images per way, found "
+                        f"{sorted(ways)} ways and {sorted(shots)} shots; split the file by setting")
+    return ways.pop(), int(shots.pop()), int(queries.pop()) if len(queries) == 1 else None
 
 
 def main(argv=None):
@@ -60,18 +83,8 @@ def main(argv=None):
         else Path(args.checkpoint)
     ckpt = load_checkpoint(ckpt_path, "maml")
     arch = dict(ckpt["arch"])
-    if args.ways != arch["n_way"]:
-        # MAML's head has one output per way; a different N needs a head of that size, freshly zeroed
-        # (zero init, as in "MAML with zero-initialised heads", keeps the adapted model label-symmetric).
-        arch["n_way"] = args.ways
-    model = MAMLNet(**arch).to(device)
-    state = dict(ckpt["model"])
-    if args.ways != ckpt["arch"]["n_way"]:
-        state["classifier.weight"] = torch.zeros_like(model.classifier.weight)
-        state["classifier.bias"] = torch.zeros_like(model.classifier.bias)
-    load_state(model, state, ckpt_path)
 
-    cache = args.cache or cfg["train_cache"].replace("_train.npz", "_test.npz")
+    cache = args.cache or default_test_cache(cfg["train_cache"])
     split = load_split(cache)
     want = (arch["image_size"], arch["image_size"], arch["in_channels"])
     if split.X.shape[1:] != want:
@@ -87,29 +100,43 @@ def main(argv=None):
         tasks, extra = load_episodes(args.episodes, len(X), loader)
         if extra:
             X = np.concatenate([X, np.stack(extra)])
-        for t in tasks:
-            if len(np.unique(t.support_y)) != args.ways and len(np.unique(t.support_y)) != arch["n_way"]:
-                raise UserError(f"{args.episodes}: tasks are {len(np.unique(t.support_y))}-way; pass --ways")
+        ways, shots, queries = episode_shape(tasks, args.episodes)
+        for name, given, found in (("--ways", args.ways, ways), ("--shots", args.shots, shots)):
+            if given is not None and given != found:
+                raise UserError(f"{args.episodes}: its tasks have {found} where {name} asks for {given}")
         source = str(args.episodes)
     else:
-        sampler = EpisodeSampler(split.labels, args.ways, args.shots, queries)
+        ways, shots = args.ways or 5, args.shots or 1
+        sampler = EpisodeSampler(split.labels, ways, shots, queries)
         rng = np.random.default_rng(epoch_seed(args.seed, 0, stream=11))
         tasks = [sampler.sample(rng) for _ in range(args.tasks)]
         source = f"{args.tasks} tasks sampled with seed {args.seed}"
     if args.save_episodes:
-        save_episodes(args.save_episodes, tasks, cache, {"ways": args.ways, "shots": args.shots, "queries": queries,
+        save_episodes(args.save_episodes, tasks, cache, {"ways": ways, "shots": shots, "queries": queries,
                                                           "seed": args.seed})
+
+    state = dict(ckpt["model"])
+    if ways != arch["n_way"]:
+        # MAML's head has one output per way; a different N needs a head of that size, freshly zeroed
+        # (zero init, as in "MAML with zero-initialised heads", keeps the adapted model label-symmetric).
+        arch["n_way"] = ways
+        state["classifier.weight"] = torch.zeros(ways, *state["classifier.weight"].shape[1:])
+        state["classifier.bias"] = torch.zeros(ways)
+    model = MAMLNet(**arch).to(device)
+    load_state(model, state, ckpt_path)
     t0 = time.time()
     accs = evaluate(model, torch.from_numpy(X), tasks, args.steps, inner_lr, device,
-                    f"test {args.ways}-way {args.shots}-shot")
+                    f"test {ways}-way {shots}-shot")
     mean, ci = mean_ci95(accs)
-    result = {"accuracy": mean, "ci95": ci, "tasks": len(tasks), "ways": args.ways, "shots": args.shots,
+    result = {"accuracy": mean, "ci95": ci, "tasks": len(tasks), "ways": ways, "shots": shots,
               "queries": queries, "steps": args.steps, "inner_lr": inner_lr, "episodes": source, "cache": cache,
               "checkpoint": str(ckpt_path), "checkpoint_epoch": ckpt["epoch"], "model_selection": ckpt["selection"],
               "seconds": round(time.time() - t0, 1), "per_task_accuracy": accs, **prov}
-    out = Path(args.output) if args.output else run / "results" / f"test_{args.ways}w{args.shots}s.json"
+    other = args.episodes or args.cache  # tasks not from the run's own test split: keep their name in the file's
+    name = f"test_{ways}w{shots}s" + (f"_{Path(other).stem}" if other else "")
+    out = Path(args.output) if args.output else run / "results" / f"{name}.json"
     save_json(out, result)
-    print(f"{args.ways}-way {args.shots}-shot: {100 * mean:.2f} ± {100 * ci:.2f} % over {len(tasks)} tasks "
+    print(f"{ways}-way {shots}-shot: {100 * mean:.2f} ± {100 * ci:.2f} % over {len(tasks)} tasks "
           f"({args.steps} steps; {ckpt['selection']}, epoch {ckpt['epoch']}) -> {out}")
 
 

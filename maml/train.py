@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from fewshot.backbones import to_float
 from fewshot.checkpoint import load_checkpoint, load_state, save_checkpoint
+from fewshot.cli import THREADS_HELP, nonneg_int, positive_int
 from fewshot.data import load_array, load_pseudo_labels, load_split
 from fewshot.episodes import EpisodeSampler
 from fewshot.errors import UserError, cli_main
@@ -37,31 +38,32 @@ def get_parser():
     p.add_argument("--clusters", help="cluster centres (.npz); default: the train cache's *_clusters.npz")
     p.add_argument("--val-cache", help="labelled val cache for model selection (omit: keep the last epoch)")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batches-per-epoch", type=int, default=100)
-    p.add_argument("--meta-batch", type=int, default=8, help="tasks per meta-batch")
-    p.add_argument("--ways", type=int, default=5)
-    p.add_argument("--shots", type=int, default=1)
-    p.add_argument("--queries", type=int, default=5, help="query images per way")
+    p.add_argument("--epochs", type=positive_int, default=20)
+    p.add_argument("--batches-per-epoch", type=positive_int, default=100)
+    p.add_argument("--meta-batch", type=positive_int, default=8, help="tasks per meta-batch")
+    p.add_argument("--ways", type=positive_int, default=5)
+    p.add_argument("--shots", type=positive_int, default=1)
+    p.add_argument("--queries", type=positive_int, default=5, help="query images per way")
     p.add_argument("--inner-lr", type=float, default=0.1, help="inner-loop step size alpha")
-    p.add_argument("--inner-steps", type=int, default=1)
+    p.add_argument("--inner-steps", type=positive_int, default=1)
     p.add_argument("--meta-lr", type=float, default=1e-3, help="Adam learning rate of the outer loop")
     p.add_argument("--first-order", action="store_true", help="first-order MAML (no second derivatives)")
-    p.add_argument("--hidden", type=int, default=64, help="conv channels")
+    p.add_argument("--hidden", type=positive_int, default=64, help="conv channels")
     p.add_argument("--no-pem", dest="pem", action="store_false", help="plain MAML on the pseudo-labels")
     p.add_argument("--supervised", action="store_true",
                    help="reference baseline, not unsupervised: train on --train-cache's true labels Y (a prepared "
                         "*_cache_train.npz works); needs --no-pem")
-    p.add_argument("--pem-warmup", type=int, default=5, help="epochs before PEM starts")
+    p.add_argument("--pem-warmup", type=nonneg_int, default=5, help="epochs before PEM starts")
     p.add_argument("--pem-eta", type=float, default=0.9, help="a meta-batch is rebuilt with probability 1-eta")
-    p.add_argument("--pem-k", type=int, default=5, help="nearest clusters examined per way")
+    p.add_argument("--pem-k", type=positive_int, default=5, help="nearest clusters examined per way")
     p.add_argument("--pem-keep", type=float, default=0.75, help="fraction of the chosen cluster kept")
-    p.add_argument("--val-tasks", type=int, default=300, help="val tasks per epoch (fixed set)")
-    p.add_argument("--val-steps", type=int, help="adaptation steps at validation (default: --inner-steps, as upstream "
+    p.add_argument("--val-tasks", type=positive_int, default=300, help="val tasks per epoch (fixed set)")
+    p.add_argument("--val-steps", type=nonneg_int,
+                   help="adaptation steps at validation (default: --inner-steps, as upstream "
                    "train_un_maml_pem.py, whose metalearner.evaluate adapts as in training)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoints/last.pt if present")
     p.add_argument("--halt-after", type=int, default=0, help=argparse.SUPPRESS)  # tests: stop as if interrupted
     return p
@@ -98,6 +100,8 @@ def main(argv=None):
             raise UserError(f"cluster labels reach {pseudo.max()} but only {len(centres)} centres were given")
         if not 1 <= args.pem_k < len(centres):
             raise UserError(f"--pem-k {args.pem_k} must be in 1..{len(centres) - 1} (clusters - 1)")
+        if len(centres) <= args.ways:  # each way's queries come from a cluster that is none of the task's ways
+            raise UserError(f"PEM needs more clusters than ways: {len(centres)} clusters, --ways {args.ways}")
         index = ClusterIndex(pseudo, centres, args.pem_k)
     val = load_split(args.val_cache) if args.val_cache else None
     if val is not None and val.X.shape[1:] != X_np.shape[1:]:
@@ -128,7 +132,7 @@ def main(argv=None):
         vrng = np.random.default_rng(epoch_seed(args.seed, 0, stream=7))
         val_tasks = [val_sampler.sample(vrng) for _ in range(args.val_tasks)]
         X_val = torch.from_numpy(val.X)
-    log = JsonlLog(out / "metrics.jsonl")
+    log = JsonlLog(out / "metrics.jsonl", start_epoch=start)
 
     def predict_with(adapted):
         def predict(rows):

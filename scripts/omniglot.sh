@@ -88,7 +88,7 @@ mkdir -p "$RUN_DIR"
 step() { echo; echo "== $* =="; }
 
 step "data -> $DATA_DIR"
-if [ -f "$DATA_DIR/omniglot_cache_test.npz" ]; then echo "exists, skipped"
+if [ -f "$DATA_DIR/prepare.json" ]; then echo "exists, skipped"  # written last, once the splits are checked
 else "$PYTHON" -m fewshot.datasets omniglot ${OMNIGLOT_SOURCE:+--source "$OMNIGLOT_SOURCE"} --out "$DATA_DIR"; fi
 
 step "CFE ($CFE_EPOCHS epochs) -> $RUN_DIR/cfe"
@@ -101,7 +101,9 @@ else "$PYTHON" -m cfe.train --data "$DATA_DIR/omniglot_cache_train.npz" --out "$
 
 step "encode + k-means (K=$K) -> $RUN_DIR/caches"
 CACHE=$RUN_DIR/caches/omniglot_${CFE_DIM}_K_${K}
-if [ -f "$RUN_DIR/caches/encode.json" ]; then echo "exists, skipped"
+# skipped only when it finished (encode.json is written last) after the CFE checkpoint was made, with this K;
+# otherwise cfe.encode --resume runs, and refuses in one line caches made from another checkpoint or K
+if [ "$RUN_DIR/caches/encode.json" -nt "$CFE_CKPT" ] && [ -f "${CACHE}_train.npz" ]; then echo "exists, skipped"
 else "$PYTHON" -m cfe.encode --checkpoint "$CFE_CKPT" --data-dir "$DATA_DIR" --dataset omniglot \
   --out "$RUN_DIR/caches" --k "$K" --min-cluster-size "$MIN_CLUSTER" --seed "$SEED" --device "$DEVICE" --threads "$THREADS" --resume; fi
 
@@ -115,7 +117,8 @@ step "MAML ($([ "$PEM" = 1 ] && echo "+PEM" || echo "PEM off"), $MAML_EPOCHS epo
 
 for shots in $TEST_SHOTS; do
   step "meta-test 5-way $shots-shot ($TEST_TASKS tasks, $TEST_STEPS steps)"
-  if [ -f "$MAML_DIR/results/test_5w${shots}s.json" ]; then echo "exists, skipped"
+  # a result older than the best checkpoint (MAML trained on) is tested again
+  if [ "$MAML_DIR/results/test_5w${shots}s.json" -nt "$MAML_DIR/checkpoints/best.pt" ]; then echo "exists, skipped"
   else "$PYTHON" -m maml.test --run "$MAML_DIR" --ways 5 --shots "$shots" --tasks "$TEST_TASKS" \
     --steps "$TEST_STEPS" --seed "$SEED" --device "$DEVICE" --threads "$THREADS"; fi
 done

@@ -16,16 +16,16 @@ TEST_STEPS=${TEST_STEPS:-10}
 
 source scripts/env.sh
 start=$(date +%s)
-[ -f "$DATA_DIR/digits_cache_test.npz" ] || "$PYTHON" -m fewshot.datasets digits --out "$DATA_DIR"
+[ -f "$DATA_DIR/prepare.json" ] || "$PYTHON" -m fewshot.datasets digits --out "$DATA_DIR"
 [ -f "$RUN_DIR/cfe/checkpoints/epoch_$(printf %04d "$CFE_EPOCHS").pt" ] || "$PYTHON" -m cfe.train \
   --data "$DATA_DIR/digits_cache_train.npz" --out "$RUN_DIR/cfe" --epochs "$CFE_EPOCHS" --batch-size 128 \
   --queue-size 1024 --hidden "$HIDDEN" --save-every "$CFE_EPOCHS" --seed "$SEED" --resume
-[ -f "$RUN_DIR/caches/encode.json" ] || "$PYTHON" -m cfe.encode --dataset digits --data-dir "$DATA_DIR" \
+[ "$RUN_DIR/caches/encode.json" -nt "$RUN_DIR/cfe/checkpoints/last.pt" ] || "$PYTHON" -m cfe.encode --dataset digits --data-dir "$DATA_DIR" \
   --checkpoint "$RUN_DIR/cfe/checkpoints/last.pt" --out "$RUN_DIR/caches" --k "$K" --seed "$SEED" --resume
 "$PYTHON" -m maml.train --train-cache "$RUN_DIR/caches/digits_64_K_${K}_train.npz" --out "$RUN_DIR/maml-pem" \
   --epochs "$MAML_EPOCHS" --batches-per-epoch 50 --pem-warmup 2 --hidden "$HIDDEN" --seed "$SEED" --resume
 for shots in 1 5; do
-  [ -f "$RUN_DIR/maml-pem/results/test_5w${shots}s.json" ] || "$PYTHON" -m maml.test --run "$RUN_DIR/maml-pem" \
+  [ "$RUN_DIR/maml-pem/results/test_5w${shots}s.json" -nt "$RUN_DIR/maml-pem/checkpoints/best.pt" ] || "$PYTHON" -m maml.test --run "$RUN_DIR/maml-pem" \
     --cache "$RUN_DIR/caches/digits_64_K_${K}_test.npz" --shots "$shots" --tasks "$TEST_TASKS" \
     --steps "$TEST_STEPS" --seed "$SEED"
 done

@@ -124,6 +124,14 @@ CASES = {
                                                           "--queue-size", "8"], "must not exceed --queue-size"),
     "train-too-few-images": ("cfe.train", lambda e, o: ["--data", e.small, "--out", o, "--batch-size", "64"],
                              "fewer than one batch"),
+    "train-zero-epochs": ("cfe.train", lambda e, o: ["--data", e.small, "--out", o, "--epochs", "0"],
+                          "argument --epochs: invalid positive_int value: '0'"),
+    "train-negative-threads": ("cfe.train", lambda e, o: ["--data", e.small, "--out", o, "--threads", "-1"],
+                               "argument --threads: invalid nonneg_int value: '-1'"),
+    "train-unknown-device": ("cfe.train", lambda e, o: ["--data", e.small, "--out", o, "--batch-size", "8",
+                                                        "--device", "gpu"], "--device gpu: not a device name"),
+    "train-absent-cuda-device": ("cfe.train", lambda e, o: ["--data", e.small, "--out", o, "--batch-size", "8",
+                                                            "--device", "cuda:7"], "--device cuda:7: "),
     "encode-maml-checkpoint": ("cfe.encode", lambda e, o: encode_args(e, o, e.maml_ckpt),
                                "is a 'maml' checkpoint, expected 'cfe'"),
     "encode-missing-checkpoint": ("cfe.encode", lambda e, o: encode_args(e, o, e.root / "none.pt"),
@@ -140,6 +148,8 @@ CASES = {
                            "synth_cache_val.npz: not a readable"),
     "encode-k-too-large": ("cfe.encode", lambda e, o: encode_args(e, o, None, None, "--k", "25"),
                            "--k 25 must be between 1 and the number of train images \\(24\\)"),
+    "encode-zero-batch": ("cfe.encode", lambda e, o: encode_args(e, o, None, None, "--batch-size", "0"),
+                          "argument --batch-size: invalid positive_int value: '0'"),
     "maml-more-ways-than-classes": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--ways", "5"),
                                     "need 5 classes .* this split has 3"),
     "maml-missing-cache": ("maml.train", lambda e, o: maml_train_args(e, o, e.absent), "file not found"),
@@ -150,10 +160,14 @@ CASES = {
     "maml-missing-centres": ("maml.train", lambda e, o: maml_train_args(e, o, e.no_clusters),
                              "_train_clusters.npz: file not found"),
     "maml-val-other-size": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--val-cache", e.val_32,
-                                                                       "--pem-k", "2"), "differ from the train cache"),
+                                                                       "--no-pem"), "differ from the train cache"),
     "maml-val-fewer-classes-than-ways": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--val-cache",
-                                                                                e.val_2, "--pem-k", "2"),
+                                                                                e.val_2, "--no-pem"),
                                          "need 3 classes .* this split has 2"),
+    "maml-pem-as-many-clusters-as-ways": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--pem-k", "2"),
+                                          "PEM needs more clusters than ways: 3 clusters, --ways 3"),
+    "maml-zero-meta-batch": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--meta-batch", "0"),
+                             "argument --meta-batch: invalid positive_int value: '0'"),
     "maml-supervised-with-pem": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--supervised"),
                                  "--supervised .* add --no-pem"),
     "maml-pem-k-too-large": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--pem-k", "5"), "pem-k"),
@@ -171,6 +185,8 @@ CASES = {
                                     "need 4 classes"),
     "test-bad-episodes": ("maml.test", lambda e, o: maml_test_args(e, o, None, "--episodes", e.bad_episodes),
                           "integer 'label'"),
+    "test-zero-tasks": ("maml.test", lambda e, o: maml_test_args(e, o, None, "--tasks", "0"),
+                        "argument --tasks: invalid positive_int value: '0'"),
     "datasets-unknown-name": ("fewshot.datasets", lambda e, o: ["nosuch", "--out", o],
                               "unknown dataset 'nosuch'; known: omniglot"),
     "datasets-missing-source": ("fewshot.datasets", lambda e, o: ["omniglot", "--source", e.root / "nothere",
@@ -186,7 +202,7 @@ def check(code, err, message, out, before, root):
     lines = [line for line in err.splitlines() if line.strip()]
     assert code not in (0, None), err
     assert "Traceback" not in err, err
-    assert lines and lines[-1].startswith("error: "), err
+    assert lines and re.match(r"(python -m [\w.]+: )?error: ", lines[-1]), err  # ours, or argparse's usage error
     assert re.search(message, lines[-1]), (message, lines[-1])
     assert not Path(out).exists(), f"{out} was created"
     assert files_under(root) == before, "an input folder changed"

@@ -15,12 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_script(tmp_path, **env):
     """Run scripts/omniglot.sh with a recording stub for Python; returns (exit code, stderr, {module: args})."""
     log = tmp_path / "calls.txt"
+    log.unlink(missing_ok=True)
     stub = tmp_path / "python"
     stub.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n')
     stub.chmod(0o755)
     data = tmp_path / "data"
-    data.mkdir()
-    (data / "omniglot_cache_test.npz").touch()  # the data stage sees prepared data and is skipped
+    data.mkdir(exist_ok=True)
+    (data / "prepare.json").touch()  # the data stage sees prepared data and is skipped
     full_env = {**os.environ, "PYTHON": str(stub), "DATA_DIR": str(data), "RUN_DIR": str(tmp_path / "run"), **env}
     r = subprocess.run(["bash", str(ROOT / "scripts" / "omniglot.sh")], env=full_env, capture_output=True, text=True)
     calls = {}
@@ -70,3 +71,25 @@ def test_script_accepts_every_crop_mode_the_trainer_offers(tmp_path):
         rc, err, calls = run_script(tmp_path / mode, CFE_CROP=mode)
         assert rc == 0, err
         assert option(calls["cfe.train"], "--crop") == mode
+
+
+def test_finished_stages_are_skipped_until_what_they_were_made_from_changes(tmp_path):
+    run = tmp_path / "run"
+    files = {"ckpt": run / "cfe" / "checkpoints" / "epoch_0090.pt", "encoded": run / "caches" / "encode.json",
+             "cache": run / "caches" / "omniglot_64_K_500_train.npz",
+             "best": run / "maml-pem" / "checkpoints" / "best.pt",
+             "test1": run / "maml-pem" / "results" / "test_5w1s.json",
+             "test5": run / "maml-pem" / "results" / "test_5w5s.json"}
+    for t, path in enumerate(files.values()):  # made in this order, one second apart
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        os.utime(path, (1000 + t, 1000 + t))
+    rc, err, calls = run_script(tmp_path)
+    assert rc == 0, err
+    assert list(calls) == ["maml.train", "fewshot.report"]  # MAML always runs: --resume stops at once when done
+    os.utime(files["best"], (2000, 2000))  # MAML trained further and found a better epoch
+    rc, err, calls = run_script(tmp_path)
+    assert list(calls) == ["maml.train", "maml.test", "fewshot.report"]
+    os.utime(files["ckpt"], (3000, 3000))  # a new CFE checkpoint: its caches are encoded again
+    rc, err, calls = run_script(tmp_path)
+    assert list(calls) == ["cfe.encode", "maml.train", "maml.test", "fewshot.report"]

@@ -100,6 +100,19 @@ def test_resume_with_other_settings_is_refused(runs, images_only):
     assert files_under(whole) == before
 
 
+def test_step_settings_below_one_are_refused():
+    with pytest.raises(UserError, match="must be >= 1"):
+        train.check_step_settings(0, 8, 1)
+
+
+def test_resume_with_more_epochs_is_refused_as_it_would_change_the_schedule(runs, images_only):
+    whole, _, _ = runs
+    before = files_under(whole)
+    with pytest.raises(UserError, match="differ .*epochs"):
+        train.main(args(images_only, whole, "--resume", "--epochs", EPOCHS + 2))
+    assert files_under(whole) == before
+
+
 def test_non_finite_loss_is_a_clear_error(images_only, tmp_path, monkeypatch):
     monkeypatch.setattr("cfe.model.cfe_loss", lambda q, k, queue, t, groups: (q * float("nan")).sum())
     with pytest.raises(UserError, match="non-finite loss .* epoch 1 step 0"):
@@ -109,7 +122,6 @@ def test_non_finite_loss_is_a_clear_error(images_only, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("extra, message", [
     (["--batch-size", 300], "must not exceed --queue-size"),
-    (["--batch-size", 0], "must be >= 1"),
     (["--bn-splits", 3], "must be >= 1 and divide --batch-size 64"),
     (["--per-split-loss"], "--per-split-loss needs --bn-splits of 2 or more"),
     (["--batch-size", 1024, "--queue-size", 1024], "800 images, fewer than one batch"),
@@ -143,12 +155,12 @@ def test_split_batchnorm_run_resumes_bit_identically_and_loads(images_only, tmp_
 
 def test_crop_mode_is_recorded_and_older_runs_resume_as_clamped(images_only, tmp_path):
     tv, old = tmp_path / "tv", tmp_path / "old"
-    train.main(args(images_only, tv, "--epochs", 1, "--crop", "torchvision"))
+    train.main(args(images_only, tv, "--epochs", 2, "--halt-after", 1, "--crop", "torchvision"))
     assert json.loads((tv / "config.json").read_text())["crop"] == "torchvision"
     with pytest.raises(UserError, match="differ .*: crop"):
         train.main(args(images_only, tv, "--epochs", 2, "--resume"))  # the default, clamped
     # a run folder written before --crop existed used the clamped boxes, so it resumes with the default
-    train.main(args(images_only, old, "--epochs", 1))
+    train.main(args(images_only, old, "--epochs", 2, "--halt-after", 1))
     a, b = (load_checkpoint(r / "checkpoints" / "last.pt", "cfe")["model"] for r in (tv, old))
     assert not all(torch.equal(a[k], b[k]) for k in a)  # the crop mode reaches the training step
     cfg = json.loads((old / "config.json").read_text())
@@ -156,7 +168,7 @@ def test_crop_mode_is_recorded_and_older_runs_resume_as_clamped(images_only, tmp
     (old / "config.json").write_text(json.dumps(cfg))
     train.main(args(images_only, old, "--epochs", 2, "--resume"))
     with pytest.raises(UserError, match="differ .*: crop"):
-        train.main(args(images_only, old, "--epochs", 3, "--crop", "torchvision", "--resume"))
+        train.main(args(images_only, old, "--epochs", 2, "--crop", "torchvision", "--resume"))
 
 
 def test_per_split_loss_is_in_the_checkpoint_and_changes_training(images_only, tmp_path):
@@ -168,4 +180,4 @@ def test_per_split_loss_is_in_the_checkpoint_and_changes_training(images_only, t
     assert load_cfe(split / "checkpoints" / "last.pt").loss_groups == 4
     assert not all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     with pytest.raises(UserError, match="differ .*: per_split_loss"):
-        train.main(args(images_only, whole, "--epochs", 2, "--bn-splits", 4, "--per-split-loss", "--resume"))
+        train.main(args(images_only, whole, "--epochs", 1, "--bn-splits", 4, "--per-split-loss", "--resume"))

@@ -50,6 +50,20 @@ def test_output_folder_that_cannot_be_made_is_a_user_error(tmp_path):
     assert (tmp_path / "taken").read_text() == "a file where the folder should go"
 
 
+def test_a_folder_in_the_files_place_or_an_unwritable_folder_is_a_user_error(tmp_path, monkeypatch):
+    (tmp_path / "results").mkdir()
+    with pytest.raises(UserError, match="is a folder"):
+        save_json(tmp_path / "results", {"a": 1})
+
+    def refuse(**kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(fio.tempfile, "mkstemp", refuse)  # as root, a read-only folder would still be writable
+    with pytest.raises(UserError, match="cannot write here"):
+        save_json(tmp_path / "results" / "x.json", {"a": 1})
+    assert listing(tmp_path / "results") == []
+
+
 def test_save_npz_failing_midway(tmp_path, monkeypatch):
     target = tmp_path / "cache.npz"
     save_npz(target, X=np.arange(3))
@@ -103,6 +117,21 @@ def test_jsonl_log_appends(tmp_path):
     log.write(epoch=1, loss=0.5)
     JsonlLog(tmp_path / "run" / "metrics.jsonl").write(epoch=2, loss=0.25)  # a resumed run continues the file
     assert read_jsonl(tmp_path / "run" / "metrics.jsonl") == [{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.25}]
+
+
+def test_jsonl_log_after_a_kill_keeps_each_epoch_once(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    log = JsonlLog(path)
+    for epoch in (1, 2, 3):
+        log.write(epoch=epoch, loss=1.0 / epoch)
+    with open(path, "a") as f:
+        f.write('{"epoch": 4, "lo')  # killed while writing epoch 4
+    assert [r["epoch"] for r in read_jsonl(path)] == [1, 2, 3]  # the torn line is left out
+    JsonlLog(path, start_epoch=2).write(epoch=3, loss=0.3)  # resumed from epoch 2's checkpoint: epoch 3 again
+    assert read_jsonl(path) == [{"epoch": 1, "loss": 1.0}, {"epoch": 2, "loss": 0.5}, {"epoch": 3, "loss": 0.3}]
+    path.write_text('{"epoch": 1}\nnot json\n{"epoch": 2}\n')
+    with pytest.raises(UserError, match="line 2 is not JSON"):
+        read_jsonl(path)
 
 
 def test_prepare_run_dir(tmp_path):

@@ -33,6 +33,13 @@ def test_summary_reads_every_stage(tmp_path):
     assert "| 2.0 | 0.5 | 2.0 | 3.0 |" in table
 
 
+def test_an_epoch_logged_twice_counts_once(tmp_path):
+    make_pipeline(tmp_path)
+    JsonlLog(tmp_path / "cfe" / "metrics.jsonl").write(epoch=2, seconds=70)  # epoch 2 again, after a kill
+    pem = {r["method"]: r for r in summarise(tmp_path)}["MAML + PEM"]
+    assert pem["seconds"]["cfe"] == 130
+
+
 def test_main_writes_summary_files(tmp_path, capsys):
     make_pipeline(tmp_path)
     main([str(tmp_path)])

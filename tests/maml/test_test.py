@@ -148,3 +148,39 @@ def test_results_name_the_commit_the_test_started_with(run_dir, tmp_path, monkey
     evaluate_run(run_dir, "--tasks", 2, "--output", tmp_path / "r.json")
     assert fake_git["commit"] == "made-during-the-test"  # the patch ran
     assert results(tmp_path / "r.json")["git_commit"] == "at-start"
+
+
+def test_episodes_set_ways_and_shots_and_other_sources_keep_their_own_result_file(saved, run_dir, tmp_path):
+    episodes, _ = saved
+    doc = json.loads(episodes.read_text())
+    for t in doc["tasks"]:  # the same tasks as 2-shot ones: each way's first query image joins its support
+        for way in range(5):
+            first = next(q for q in t["query"] if q["label"] == way)
+            t["query"].remove(first)
+            t["support"].append(first)
+    two_shot = tmp_path / "two_shot.json"
+    two_shot.write_text(json.dumps(doc))
+    evaluate_run(run_dir, "--episodes", two_shot)  # no --shots: the file's tasks say 2
+    res = results(run_dir / "results" / "test_5w2s_two_shot.json")
+    assert res["ways"] == 5 and res["shots"] == 2 and res["queries"] == 4 and res["tasks"] == 12
+    with pytest.raises(UserError, match="asks for 1"):
+        evaluate_run(run_dir, "--episodes", two_shot, "--shots", 1)
+    doc["tasks"][0]["support"].pop()  # one way with one support image, the others with two
+    two_shot.write_text(json.dumps(doc))
+    with pytest.raises(UserError, match="one number of ways and of support images"):
+        evaluate_run(run_dir, "--episodes", two_shot)
+    # another cache: its own file beside the run's test_5w1s.json
+    test_cache = Path(results(run_dir / "results" / "test_5w2s_two_shot.json")["cache"])
+    evaluate_run(run_dir, "--cache", test_cache, "--tasks", 2)
+    assert results(run_dir / "results" / f"test_5w1s_{test_cache.stem}.json")["tasks"] == 2
+
+
+def test_a_train_cache_without_the_train_suffix_needs_cache(run_dir, tmp_path):
+    cfg = json.loads((run_dir / "config.json").read_text())
+    other = tmp_path / "run"
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "checkpoints" / "best.pt").write_bytes((run_dir / "checkpoints" / "best.pt").read_bytes())
+    (other / "config.json").write_text(json.dumps({**cfg, "train_cache": str(tmp_path / "pseudo.npz")}))
+    with pytest.raises(UserError, match="pass --cache"):
+        evaluate_run(other, "--tasks", 2, "--output", tmp_path / "r.json")
+    assert not (tmp_path / "r.json").exists()
