@@ -40,7 +40,7 @@ def get_parser():
     p.add_argument("--ways", type=positive_int, help="ways per task (default: 5; with --episodes, the file's)")
     p.add_argument("--shots", type=positive_int,
                    help="support images per way (default: 1; with --episodes, the file's)")
-    p.add_argument("--queries", type=int, help="query images per way (default: the training run's)")
+    p.add_argument("--queries", type=positive_int, help="query images per way (default: the training run's)")
     p.add_argument("--tasks", type=positive_int, default=1000)
     p.add_argument("--steps", type=positive_int, default=50, help="adaptation steps")
     p.add_argument("--inner-lr", type=float, help="adaptation step size (default: the training run's)")
