@@ -8,6 +8,7 @@ Writes summary.json and summary.md into the folder and prints the table.
 """
 
 import argparse
+import re
 from pathlib import Path
 
 from fewshot.errors import UserError, cli_main
@@ -45,7 +46,8 @@ def summarise(root: Path) -> list:
                "seconds": {"cfe": _epoch_seconds(root / "cfe"), "encode": enc.get("seconds"),
                            "maml": _epoch_seconds(run)}}
         test_seconds = 0
-        for res in sorted((run / "results").glob("test_*.json")):
+        # the run's own test split only: test_{ways}w{shots}s.json, not results on other caches or episode files
+        for res in sorted(p for p in (run / "results").glob("test_*.json") if re.fullmatch(r"test_\d+w\d+s", p.stem)):
             r = load_json(res)
             row[f"{r['ways']}w{r['shots']}s"] = {k: r[k] for k in ("accuracy", "ci95", "tasks", "steps")}
             test_seconds += r.get("seconds", 0)

@@ -54,11 +54,9 @@ def get_parser():
     return p
 
 
-def default_test_cache(train_cache: str) -> str:
-    """The test cache written beside a train cache (`..._train.npz` -> `..._test.npz`)."""
-    if not train_cache.endswith("_train.npz"):
-        raise UserError(f"{train_cache}: cannot tell which test cache goes with this train cache; pass --cache")
-    return train_cache[:-len("_train.npz")] + "_test.npz"
+def default_test_cache(train_cache: str) -> str | None:
+    """The test cache written beside a train cache (`..._train.npz` -> `..._test.npz`); None for other names."""
+    return train_cache[:-len("_train.npz")] + "_test.npz" if train_cache.endswith("_train.npz") else None
 
 
 def episode_shape(tasks, path) -> tuple[int, int, int | None]:
@@ -84,7 +82,11 @@ def main(argv=None):
     ckpt = load_checkpoint(ckpt_path, "maml")
     arch = dict(ckpt["arch"])
 
-    cache = args.cache or default_test_cache(cfg["train_cache"])
+    own = default_test_cache(cfg["train_cache"])  # the run's own test split
+    if not (args.cache or own):
+        raise UserError(f"{cfg['train_cache']}: cannot tell which test cache goes with this train cache; pass --cache")
+    cache = args.cache or own
+    elsewhere = args.episodes or (None if own and Path(cache).resolve() == Path(own).resolve() else cache)
     split = load_split(cache)
     want = (arch["image_size"], arch["image_size"], arch["in_channels"])
     if split.X.shape[1:] != want:
@@ -132,8 +134,8 @@ def main(argv=None):
               "queries": queries, "steps": args.steps, "inner_lr": inner_lr, "episodes": source, "cache": cache,
               "checkpoint": str(ckpt_path), "checkpoint_epoch": ckpt["epoch"], "model_selection": ckpt["selection"],
               "seconds": round(time.time() - t0, 1), "per_task_accuracy": accs, **prov}
-    other = args.episodes or args.cache  # tasks not from the run's own test split: keep their name in the file's
-    name = f"test_{ways}w{shots}s" + (f"_{Path(other).stem}" if other else "")
+    # tasks not sampled from the run's own test split keep their source's name in the file's
+    name = f"test_{ways}w{shots}s" + (f"_{Path(elsewhere).stem}" if elsewhere else "")
     out = Path(args.output) if args.output else run / "results" / f"{name}.json"
     save_json(out, result)
     print(f"{ways}-way {shots}-shot: {100 * mean:.2f} ± {100 * ci:.2f} % over {len(tasks)} tasks "

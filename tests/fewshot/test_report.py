@@ -40,6 +40,14 @@ def test_an_epoch_logged_twice_counts_once(tmp_path):
     assert pem["seconds"]["cfe"] == 130
 
 
+def test_results_on_other_caches_stay_out_of_the_table(tmp_path):
+    make_pipeline(tmp_path)
+    save_json(tmp_path / "maml-pem" / "results" / "test_5w1s_omniglot_cache_test.json",
+              {"ways": 5, "shots": 1, "accuracy": 0.5, "ci95": 0.01, "tasks": 1000, "steps": 50, "seconds": 90})
+    pem = {r["method"]: r for r in summarise(tmp_path)}["MAML + PEM"]
+    assert pem["5w1s"]["accuracy"] == pytest.approx(0.91) and pem["seconds"]["test"] == 180
+
+
 def test_main_writes_summary_files(tmp_path, capsys):
     make_pipeline(tmp_path)
     main([str(tmp_path)])

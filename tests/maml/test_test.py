@@ -169,10 +169,15 @@ def test_episodes_set_ways_and_shots_and_other_sources_keep_their_own_result_fil
     two_shot.write_text(json.dumps(doc))
     with pytest.raises(UserError, match="one number of ways and of support images"):
         evaluate_run(run_dir, "--episodes", two_shot)
-    # another cache: its own file beside the run's test_5w1s.json
+    # the run's own test cache named with --cache: the usual file; another cache: its own file beside it
     test_cache = Path(results(run_dir / "results" / "test_5w2s_two_shot.json")["cache"])
     evaluate_run(run_dir, "--cache", test_cache, "--tasks", 2)
-    assert results(run_dir / "results" / f"test_5w1s_{test_cache.stem}.json")["tasks"] == 2
+    assert results(run_dir / "results" / "test_5w1s.json")["tasks"] == 2
+    other = tmp_path / "other_test.npz"
+    other.write_bytes(test_cache.read_bytes())
+    evaluate_run(run_dir, "--cache", other, "--tasks", 4)
+    assert results(run_dir / "results" / "test_5w1s_other_test.json")["tasks"] == 4
+    assert results(run_dir / "results" / "test_5w1s.json")["tasks"] == 2
 
 
 def test_a_train_cache_without_the_train_suffix_needs_cache(run_dir, tmp_path):
