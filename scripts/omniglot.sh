@@ -7,8 +7,9 @@
 #   PRESET=paper MAML_EPOCHS=60 MAML_DIR=runs/omniglot-paper/maml-pem-e60 bash scripts/omniglot.sh
 #                                               # longer MAML on the same caches, in its own folder
 #
-# Every variable below can be set from the environment. A stage whose output exists is skipped and an
-# interrupted stage resumes, so rerunning the same command continues where it stopped.
+# Every variable below can be set from the environment. A stage whose output exists and is newer than what it
+# was made from is skipped, and an interrupted stage resumes, so rerunning the same command continues where it
+# stopped (and a new CFE checkpoint or a further-trained MAML run is encoded or tested again).
 set -euo pipefail
 # The rest is one { ...; exit; } block: bash reads it whole before running it, so this file can be edited (say,
 # for the next run's variables) while a long run is going without corrupting that run.
