@@ -15,6 +15,15 @@ from fewshot.errors import UserError, cli_main
 from fewshot.io import atomic_path, load_json, read_jsonl, save_json
 
 
+def result_name(ways: int, shots: int, source=None) -> str:
+    """A test result's file name in a run's results/: test_{ways}w{shots}s.json for the run's own test split,
+    test_{ways}w{shots}s_{name}.json for tasks from another cache or episodes file `source` (never tabled here)."""
+    return f"test_{ways}w{shots}s" + (f"_{Path(source).stem}" if source else "") + ".json"
+
+
+OWN_RESULT = re.compile(r"test_\d+w\d+s\.json")  # result_name without a source
+
+
 def _epoch_seconds(run: Path):
     m = run / "metrics.jsonl"
     if not m.is_file():
@@ -46,8 +55,7 @@ def summarise(root: Path) -> list:
                "seconds": {"cfe": _epoch_seconds(root / "cfe"), "encode": enc.get("seconds"),
                            "maml": _epoch_seconds(run)}}
         test_seconds = 0
-        # the run's own test split only: test_{ways}w{shots}s.json, not results on other caches or episode files
-        for res in sorted(p for p in (run / "results").glob("test_*.json") if re.fullmatch(r"test_\d+w\d+s", p.stem)):
+        for res in sorted(p for p in (run / "results").glob("test_*.json") if OWN_RESULT.fullmatch(p.name)):
             r = load_json(res)
             row[f"{r['ways']}w{r['shots']}s"] = {k: r[k] for k in ("accuracy", "ci95", "tasks", "steps")}
             test_seconds += r.get("seconds", 0)

@@ -25,6 +25,7 @@ from fewshot.episodes import EpisodeSampler, load_episodes, save_episodes
 from fewshot.errors import UserError, cli_main
 from fewshot.io import load_json, provenance, save_json
 from fewshot.metrics import mean_ci95
+from fewshot.report import result_name
 from fewshot.runtime import epoch_seed, pick_device, set_threads
 from maml.common import evaluate
 from maml.maml import MAMLNet
@@ -134,9 +135,7 @@ def main(argv=None):
               "queries": queries, "steps": args.steps, "inner_lr": inner_lr, "episodes": source, "cache": cache,
               "checkpoint": str(ckpt_path), "checkpoint_epoch": ckpt["epoch"], "model_selection": ckpt["selection"],
               "seconds": round(time.time() - t0, 1), "per_task_accuracy": accs, **prov}
-    # tasks not sampled from the run's own test split keep their source's name in the file's
-    name = f"test_{ways}w{shots}s" + (f"_{Path(elsewhere).stem}" if elsewhere else "")
-    out = Path(args.output) if args.output else run / "results" / f"{name}.json"
+    out = Path(args.output) if args.output else run / "results" / result_name(ways, shots, elsewhere)
     save_json(out, result)
     print(f"{ways}-way {shots}-shot: {100 * mean:.2f} ± {100 * ci:.2f} % over {len(tasks)} tasks "
           f"({args.steps} steps; {ckpt['selection']}, epoch {ckpt['epoch']}) -> {out}")
