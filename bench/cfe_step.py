@@ -27,7 +27,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from cfe.augment import CROP_MODES, omniglot_augment
 from cfe.model import CFE
 from cfe.train import check_step_settings, train_step
-from fewshot.errors import UserError, cli_main
+from fewshot.cli import THREADS_HELP, nonneg_int, positive_int
+from fewshot.errors import cli_main
+from fewshot.runtime import set_threads
 
 
 def matmul_gflops(n=4096, repeats=5) -> float:
@@ -56,24 +58,21 @@ def make_step(batch_size, queue_size, bn_splits, crop, per_split_loss):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--queue-size", type=int, nargs="+", default=[16384])
-    p.add_argument("--bn-splits", type=int, nargs="+", default=[1])
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--queue-size", type=positive_int, nargs="+", default=[16384])
+    p.add_argument("--bn-splits", type=positive_int, nargs="+", default=[1])
     p.add_argument("--crop", nargs="+", choices=CROP_MODES, default=["clamped"],
                    help="crop box modes (cfe/augment.py)")
     p.add_argument("--per-split-loss", type=int, nargs="+", choices=[0, 1], default=[0],
                    help="1: one CFE loss per BatchNorm split (needs --bn-splits >= 2), 0: over the whole batch")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per setting")
-    p.add_argument("--threads", type=int, default=0, help="0: torch's default (all cores)")
+    p.add_argument("--steps", type=positive_int, default=20, help="timed steps per setting")
+    p.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
     args = p.parse_args(argv)
-    if args.steps < 1:
-        raise UserError(f"--steps must be >= 1, got {args.steps}")
     split_loss = [bool(v) for v in args.per_split_loss]
     settings = list(itertools.product(args.queue_size, args.bn_splits, args.crop, split_loss))
     for q, s, _, sl in settings:
         check_step_settings(args.batch_size, q, s, sl)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     steps = [make_step(args.batch_size, *setting) for setting in settings]
     flops = []
     for step in steps:

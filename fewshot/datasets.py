@@ -7,47 +7,38 @@ Writes {name}_cache_{train,val,test}.npz (uint8 NHWC images, true labels) and pr
 """
 
 import argparse
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from fewshot.data import SPLITS, assert_disjoint_classes, load_split, prepared_path, write_split
+from fewshot.data import SPLITS, assert_disjoint_classes, check_images, prepared_path, write_split
 from fewshot.errors import UserError, cli_main
 from fewshot.io import provenance, save_json
 
 
-def prepare_omniglot(source, out: Path) -> dict:
+def prepare_omniglot(source, out: Path) -> tuple:
     """source: the upstream omniglot.tar.xz, a folder of omniglot_cache_*.npz, a folder of the official zips,
-    or None to download the official zips (then split by character with seed 0, recorded in prepare.json)."""
+    or None to download the official zips (then split by character with seed 0, recorded in prepare.json).
+    Returns (how, {split: (X, Y)}); nothing is written into `out` but downloads."""
     from fewshot import omniglot as om
 
-    targets = {s: prepared_path(out, "omniglot", s) for s in SPLITS}
     src = Path(source) if source else None
     if src is None or (src.is_dir() and sorted(src.glob("*.zip"))):
         zips = om.download_official(out / "official") if src is None else sorted(src.glob("*.zip"))
         how = f"official zips {[str(z) for z in zips]}, split by character with seed 0"
-        splits = om.build_splits(zips, cache_splits=None, seed=0)
-        for s in SPLITS:
-            write_split(targets[s], *splits[s])
-    elif src.is_file() and src.name.endswith((".tar.xz", ".tar")):
-        om.extract_cache_archive(src, out)  # writes the three caches into out
-        how = f"upstream cache archive {src}"
-    elif src.is_dir() and all(prepared_path(src, "omniglot", s).is_file() for s in SPLITS):
-        how = f"upstream caches in {src}"
-        for s in SPLITS:
-            if prepared_path(src, "omniglot", s).resolve() != targets[s].resolve():
-                sp = load_split(prepared_path(src, "omniglot", s))
-                write_split(targets[s], sp.X, sp.Y)
-    else:
-        raise UserError(f"OMNIGLOT_SOURCE={src}: expected omniglot.tar.xz, a folder of "
-                        f"omniglot_cache_{{train,val,test}}.npz, or a folder of official Omniglot zips")
-    loaded = {s: load_split(targets[s]) for s in SPLITS}  # read back: what was written is what is reported
-    return {"source": how, "_labels": {s: sp.Y for s, sp in loaded.items()},
-            "splits": {s: {"images": len(sp.Y), "classes": int(len(np.unique(sp.Y)))} for s, sp in loaded.items()}}
+        return how, om.build_splits(zips, cache_splits=None, seed=0)
+    if src.is_file() and src.name.endswith((".tar.xz", ".tar")):
+        with _scratch_dir() as scratch:  # the archive's caches are read back from here, then it is removed
+            return f"upstream cache archive {src}", om.load_cache_splits(om.extract_cache_archive(src, scratch))
+    if src.is_dir() and all(prepared_path(src, "omniglot", s).is_file() for s in SPLITS):
+        return f"upstream caches in {src}", om.load_cache_splits({s: prepared_path(src, "omniglot", s) for s in SPLITS})
+    raise UserError(f"OMNIGLOT_SOURCE={src}: expected omniglot.tar.xz, a folder of "
+                    f"omniglot_cache_{{train,val,test}}.npz, or a folder of official Omniglot zips")
 
 
-def prepare_digits(source, out: Path) -> dict:
+def prepare_digits(source, out: Path) -> tuple:
     """scikit-learn's bundled 8x8 handwritten digits (no download), upsampled to 28x28 grey:
     train = digits 0-4 (their labels are never read by training), test = digits 5-9, no val split."""
     from sklearn.datasets import load_digits
@@ -56,12 +47,16 @@ def prepare_digits(source, out: Path) -> dict:
     img = np.clip(d.images * 16, 0, 255).astype(np.uint8)  # 0..16 -> 0..255
     img = np.stack([np.asarray(Image.fromarray(x).resize((28, 28), Image.BILINEAR)) for x in img])[..., None]
     y = d.target.astype(np.int64)
-    splits = {"train": (img[y < 5], y[y < 5]), "test": (img[y >= 5], y[y >= 5])}
-    for s, (X, Y) in splits.items():
-        write_split(prepared_path(out, "digits", s), X, Y)
-    return {"source": "sklearn.datasets.load_digits (8x8, bilinear to 28x28)",
-            "splits": {s: {"images": int(len(X)), "classes": int(len(np.unique(Y)))} for s, (X, Y) in splits.items()},
-            "_labels": {s: Y for s, (X, Y) in splits.items()}}
+    return ("sklearn.datasets.load_digits (8x8, bilinear to 28x28)",
+            {"train": (img[y < 5], y[y < 5]), "test": (img[y >= 5], y[y >= 5])})
+
+
+def _scratch_dir():
+    """A temporary folder, removed when the `with` block ends (not inside --out, which a failure leaves alone)."""
+    try:
+        return tempfile.TemporaryDirectory(prefix="fewshot-extract-")
+    except OSError as e:
+        raise UserError(f"cannot create a temporary folder ({e}); set TMPDIR to a writable folder") from None
 
 
 DATASETS = {"omniglot": prepare_omniglot, "digits": prepare_digits}
@@ -95,12 +90,20 @@ def main(argv=None):
         raise UserError(f"unknown dataset '{args.name}'; known: {', '.join(DATASETS)}")
     prov = provenance()  # as the run starts: a commit made during a long download must not be named
     out = Path(args.out)
-    info = DATASETS[args.name](args.source, out)
-    assert_disjoint_classes(info.pop("_labels"))
-    save_json(out / "prepare.json", {"dataset": args.name, **info, **prov})
+    how, splits = DATASETS[args.name](args.source, out)
+    # Check everything before writing anything: a source that fails (overlapping classes, bad images) leaves
+    # no caches behind, and prepare.json, written last, marks a complete preparation.
+    for s, (X, Y) in splits.items():
+        check_images(np.asarray(X), f"{args.name} {s} split")
+        if len(Y) != len(X):
+            raise UserError(f"{args.name} {s} split: {len(X)} images but {len(Y)} labels")
+    assert_disjoint_classes({s: Y for s, (X, Y) in splits.items()})
+    for s, (X, Y) in splits.items():
+        write_split(prepared_path(out, args.name, s), X, Y)
+    info = {s: {"images": int(len(Y)), "classes": int(len(np.unique(Y)))} for s, (X, Y) in splits.items()}
+    save_json(out / "prepare.json", {"dataset": args.name, "source": how, "splits": info, **prov})
     print(f"{args.name}: " + ", ".join(f"{s} {v['images']} images / {v['classes']} classes"
-                                        for s, v in info["splits"].items()) + f" -> {out}")
-
+                                        for s, v in info.items()) + f" -> {out}")
 
 if __name__ == "__main__":
     cli_main(main)

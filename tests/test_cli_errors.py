@@ -56,6 +56,10 @@ def env(tmp_path_factory, cfe_checkpoint):
             else:
                 write_split(p, imgs, Y)
         setattr(e, f"data_{name}", d)
+    # upstream-style caches whose train and val splits share a class
+    e.overlap = root / "overlap"
+    for split, labels in (("train", Y), ("val", Y + 2), ("test", Y + 10)):
+        write_split(prepared_path(e.overlap, "omniglot", split), X, labels)
     # checkpoints that are not a usable cfe checkpoint
     e.maml_ckpt = root / "maml_like.pt"
     torch.save({"kind": "maml", "arch": {}, "model": {}}, e.maml_ckpt)
@@ -191,6 +195,8 @@ CASES = {
                               "unknown dataset 'nosuch'; known: omniglot"),
     "datasets-missing-source": ("fewshot.datasets", lambda e, o: ["omniglot", "--source", e.root / "nothere",
                                                                   "--out", o], "OMNIGLOT_SOURCE=.*nothere"),
+    "datasets-overlapping-splits": ("fewshot.datasets", lambda e, o: ["omniglot", "--source", e.overlap, "--out", o],
+                                    "splits 'train' and 'val' share 1 classes"),
     "datasets-junk-archive": ("fewshot.datasets", lambda e, o: ["omniglot", "--source", e.junk_tar, "--out", o],
                               "not a readable tar archive"),
 }
