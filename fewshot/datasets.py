@@ -105,5 +105,6 @@ def main(argv=None):
     print(f"{args.name}: " + ", ".join(f"{s} {v['images']} images / {v['classes']} classes"
                                         for s, v in info.items()) + f" -> {out}")
 
+
 if __name__ == "__main__":
     cli_main(main)
