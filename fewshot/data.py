@@ -121,8 +121,16 @@ def load_array(path, key) -> np.ndarray:
     return _get(_open(path), path, key)
 
 
+def check_split(X, Y, name) -> tuple:
+    """(X, Y) as a cache stores them, or a one-line UserError naming `name`: images as `check_images` wants them
+    and one integer label per image."""
+    X = check_images(np.asarray(X), name)
+    return X, _check_labels(np.asarray(Y), len(X), name, "Y")
+
+
 def write_split(path, X, Y, cluster_label=None, index=None, meta=None) -> None:
-    arrays = {"X": check_images(np.asarray(X), str(path)), "Y": np.asarray(Y, dtype=np.int64)}
+    X, Y = check_split(X, Y, str(path))
+    arrays = {"X": X, "Y": Y}
     if cluster_label is not None:
         arrays["cluster_label"] = np.asarray(cluster_label, dtype=np.int64)
     if index is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from fewshot.data import SPLITS, assert_disjoint_classes, check_images, prepared_path, write_split
+from fewshot.data import SPLITS, assert_disjoint_classes, check_split, prepared_path, write_split
 from fewshot.errors import UserError, cli_main
 from fewshot.io import provenance, save_json
 
@@ -93,10 +93,7 @@ def main(argv=None):
     how, splits = DATASETS[args.name](args.source, out)
     # Check everything before writing anything: a source that fails (overlapping classes, bad images) leaves
     # no caches behind, and prepare.json, written last, marks a complete preparation.
-    for s, (X, Y) in splits.items():
-        check_images(np.asarray(X), f"{args.name} {s} split")
-        if len(Y) != len(X):
-            raise UserError(f"{args.name} {s} split: {len(X)} images but {len(Y)} labels")
+    splits = {s: check_split(X, Y, f"{args.name} {s} split") for s, (X, Y) in splits.items()}
     assert_disjoint_classes({s: Y for s, (X, Y) in splits.items()})
     for s, (X, Y) in splits.items():
         write_split(prepared_path(out, args.name, s), X, Y)
