@@ -11,6 +11,7 @@ from fewshot.data import (
     SPLITS,
     assert_disjoint_classes,
     check_images,
+    check_split,
     encoded_path,
     load_images,
     load_pseudo_labels,
@@ -190,3 +191,13 @@ def test_real_omniglot_splits_are_disjoint(tmp_path, run_main):
     info = load_json(out / "prepare.json")
     assert info["splits"]["train"] == {"images": 22000, "classes": 1100}
     assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
+def test_check_split_wants_one_integer_label_per_image(tmp_path):
+    X = np.zeros((3, 28, 28, 1), np.uint8)
+    assert check_split(X, [0, 1, 2], "s")[1].dtype == np.int64
+    with pytest.raises(UserError, match=r"digits train split: 'Y' must have shape \(3,\), got \(2,\)"):
+        check_split(X, [0, 1], "digits train split")
+    with pytest.raises(UserError, match="'Y' must hold integers"):
+        write_split(tmp_path / "a.npz", X, [0.5, 1.0, 2.0])
+    assert not (tmp_path / "a.npz").exists()
