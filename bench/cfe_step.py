@@ -5,6 +5,7 @@
     python bench/cfe_step.py --bn-splits 1 4      # one BatchNorm vs 4 groups + key shuffle (CFE_BN_SPLITS=4)
     python bench/cfe_step.py --crop clamped torchvision   # the two ways of drawing crop boxes (CFE_CROP)
     python bench/cfe_step.py --bn-splits 4 --per-split-loss 0 1   # one loss per split or over the batch
+    python bench/cfe_step.py --device cuda        # on a GPU, against its fp32 matmul peak
 
 Every setting given (each --queue-size x --bn-splits x --crop x --per-split-loss) is measured in the same process on the
 same cores, their steps interleaved so that any slowdown of the machine hits all of them alike, and each is
@@ -29,28 +30,39 @@ from cfe.model import CFE
 from cfe.train import check_step_settings, train_step
 from fewshot.cli import THREADS_HELP, nonneg_int, positive_int
 from fewshot.errors import cli_main
-from fewshot.runtime import set_threads
+from fewshot.runtime import pick_device, set_threads
 
 
-def matmul_gflops(n=4096, repeats=5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def device_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def timed(fn, device) -> float:
+    """Seconds one call of fn takes, waiting for a GPU's queued kernels to finish."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    t = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t
+
+
+def matmul_gflops(device, n=4096, repeats=5) -> float:
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b  # warm-up
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - t)
-    return 2 * n**3 / min(times) / 1e9
+    return 2 * n**3 / min(timed(lambda: a @ b, device) for _ in range(repeats)) / 1e9
 
 
-def make_step(batch_size, queue_size, bn_splits, crop, per_split_loss):
+def make_step(device, batch_size, queue_size, bn_splits, crop, per_split_loss):
     """A closure running one training step of a fresh CFE model with this setting (seeded, so repeatable)."""
     torch.manual_seed(0)
     model = CFE(queue_size=queue_size, bn_splits=bn_splits, per_split_loss=per_split_loss)
-    model = model.to(memory_format=torch.channels_last)
+    model = model.to(device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.encoder_q.parameters(), 0.03, momentum=0.9, weight_decay=1e-4)
-    images = torch.randint(0, 256, (batch_size, 28, 28, 1), dtype=torch.uint8)
-    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch_size, 28, 28, 1), dtype=torch.uint8, device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
     augment = functools.partial(omniglot_augment, crop=crop)
     return lambda: train_step(model, opt, images, gen, augment)
 
@@ -67,13 +79,15 @@ def main(argv=None):
                    help="1: one CFE loss per BatchNorm split (needs --bn-splits >= 2), 0: over the whole batch")
     p.add_argument("--steps", type=positive_int, default=20, help="timed steps per setting")
     p.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (the matmul peak is measured there too)")
     args = p.parse_args(argv)
     split_loss = [bool(v) for v in args.per_split_loss]
     settings = list(itertools.product(args.queue_size, args.bn_splits, args.crop, split_loss))
     for q, s, _, sl in settings:
         check_step_settings(args.batch_size, q, s, sl)
     set_threads(args.threads)
-    steps = [make_step(args.batch_size, *setting) for setting in settings]
+    device = pick_device(args.device)
+    steps = [make_step(device, args.batch_size, *setting) for setting in settings]
     flops = []
     for step in steps:
         for _ in range(3):  # warm-up (allocator, oneDNN primitive caches)
@@ -84,10 +98,8 @@ def main(argv=None):
     times = [[] for _ in steps]
     for _ in range(args.steps):
         for step, ts in zip(steps, times):
-            t = time.perf_counter()
-            step()
-            ts.append(time.perf_counter() - t)
-    peak = matmul_gflops()
+            ts.append(timed(step, device))
+    peak = matmul_gflops(device)
     medians = [statistics.median(ts) for ts in times]
     rows = [{"queue_size": q, "bn_splits": s, "crop": c, "per_split_loss": sl,
              "step_seconds_median": round(sec, 4), "step_seconds_min": round(min(ts), 4),
@@ -97,7 +109,7 @@ def main(argv=None):
             for (q, s, c, sl), sec, ts, f in zip(settings, medians, times, flops)]
     print(json.dumps({"settings": rows, "matmul_gflops_per_s": round(peak, 1), "batch_size": args.batch_size,
                       "steps": args.steps, "threads": torch.get_num_threads(), "torch": str(torch.__version__),
-                      "machine": platform.processor() or platform.machine()}, indent=2))
+                      "device": str(device), "machine": device_name(device)}, indent=2))
 
 
 if __name__ == "__main__":

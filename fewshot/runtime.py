@@ -10,6 +10,16 @@ from fewshot.errors import UserError
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    device = _resolve_device(name)
+    if device.type == "cuda":
+        # NOTE: cuDNN's autotuner may pick a different convolution kernel on every run, and some of its kernels
+        # accumulate in a varying order; fixed deterministic kernels keep "same seed, same numbers" on a GPU
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    return device
+
+
+def _resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
