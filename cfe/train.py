@@ -149,7 +149,7 @@ def main(argv=None):
                 raise UserError(f"non-finite loss {loss.item()} at epoch {epoch + 1} step {i}; "
                                 f"last good checkpoint: {last}")
             total += loss.item()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)  # redrawn at mininterval, not every step
         row = dict(epoch=epoch + 1, loss=total / steps, lr=lr, seconds=round(time.time() - t0, 2))
         log.write(**row)
         print(f"cfe epoch {epoch + 1}/{args.epochs} loss {row['loss']:.4f} lr {lr:.4f} ({row['seconds']:.0f}s)")

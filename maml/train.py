@@ -170,7 +170,7 @@ def main(argv=None):
             optimizer.step()
             losses.append(loss.item())
             accs.append(acc)
-            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{acc:.3f}", refresh=False)
         eval_model.load_state_dict(model.state_dict())  # PEM: refresh the evaluation model every epoch
         row = dict(epoch=epoch + 1, loss=float(np.mean(losses)), train_acc=float(np.mean(accs)),
                    pem_rebuilt_batches=rebuilt)

@@ -181,3 +181,12 @@ def test_per_split_loss_is_in_the_checkpoint_and_changes_training(images_only, t
     assert not all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     with pytest.raises(UserError, match="differ .*: per_split_loss"):
         train.main(args(images_only, whole, "--epochs", 1, "--bn-splits", 4, "--per-split-loss", "--resume"))
+
+
+def test_progress_bar_is_not_redrawn_every_step(images_only, tmp_path, capsys):
+    """A fast device runs an epoch's 12 steps well inside tqdm's 2 s redraw interval: the bar is drawn when it
+    opens and closes, not once per step (which made GPU logs a line per step)."""
+    train.main(args(images_only, tmp_path / "run", "--epochs", 1))
+    err = capsys.readouterr().err
+    assert "cfe epoch 1/1" in err
+    assert err.count("\r") < 6, err.count("\r")
