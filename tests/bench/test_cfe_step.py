@@ -16,6 +16,8 @@ BENCH = Path(__file__).resolve().parents[2] / "bench" / "cfe_step.py"
     (["--bn-splits", "1", "3"], "--bn-splits 3 must be >= 1 and divide --batch-size 256"),
     (["--queue-size", "100"], "--batch-size 256 must not exceed --queue-size 100"),
     (["--per-split-loss", "1"], "--per-split-loss needs --bn-splits of 2 or more"),
+    (["--device", "gpu"], "--device gpu: not a device name"),
+    (["--device", "cuda:7"], "--device cuda:7: "),  # no CUDA here, or fewer than 8 GPUs
 ])
 def test_bad_settings_give_one_line_and_exit_2(args, message):
     r = subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True, cwd=BENCH.parents[1])
