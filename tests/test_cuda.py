@@ -11,10 +11,10 @@ from cfe import encode
 from cfe import train as cfe_train
 from cfe.model import CFE
 from fewshot.checkpoint import load_checkpoint
-from fewshot.io import save_npz
-from maml.maml import MAMLNet, meta_loss
 from tests.cfe.test_train import args as cfe_args
+from tests.cfe.test_train import images_only  # noqa: F401 (a fixture: pytest passes it by name)
 from tests.conftest import TINY_CFE
+from tests.maml.test_maml import meta_grad, tiny_problem
 from tests.maml.test_train import assert_same, load, toy_caches
 from tests.maml.test_train import run as maml_run
 
@@ -22,26 +22,15 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
-def on_cuda(argv):
-    """The same command line with `--device cpu` replaced by `--device cuda`."""
-    argv = [str(a) for a in argv]
-    i = argv.index("--device")
-    return argv[:i + 1] + ["cuda"] + argv[i + 2:]
+CUDA = ("--device", "cuda")  # appended to the CPU tests' command lines: argparse keeps the last --device
 
 
-@pytest.fixture(scope="module")
-def images_only(prepared, tmp_path_factory):
-    path = tmp_path_factory.mktemp("cuda_cfe_data") / "unlabelled.npz"
-    save_npz(path, X=prepared.X["train"])
-    return path
-
-
-def test_cfe_train_on_cuda_resumes_bit_identically(images_only, tmp_path):
+def test_cfe_train_on_cuda_resumes_bit_identically(images_only, tmp_path):  # noqa: F811 (the imported fixture)
     whole, again, halted = tmp_path / "whole", tmp_path / "again", tmp_path / "halted"
-    cfe_train.main(on_cuda(cfe_args(images_only, whole)))
-    cfe_train.main(on_cuda(cfe_args(images_only, again)))
-    cfe_train.main(on_cuda(cfe_args(images_only, halted, "--halt-after", 1)))
-    cfe_train.main(on_cuda(cfe_args(images_only, halted, "--resume")))
+    cfe_train.main(cfe_args(images_only, whole, *CUDA))
+    cfe_train.main(cfe_args(images_only, again, *CUDA))
+    cfe_train.main(cfe_args(images_only, halted, "--halt-after", 1, *CUDA))
+    cfe_train.main(cfe_args(images_only, halted, "--resume", *CUDA))
     a = load_checkpoint(whole / "checkpoints" / "last.pt", "cfe")
     for other in (again, halted):
         b = load_checkpoint(other / "checkpoints" / "last.pt", "cfe")
@@ -62,19 +51,9 @@ def test_cfe_forward_on_cuda_matches_cpu(prepared):
 
 
 def test_maml_meta_gradient_on_cuda_matches_cpu_in_float64():
-    torch.manual_seed(0)
-    model = MAMLNet(in_channels=1, hidden=4, image_size=16, n_way=3).double()
-    g = torch.Generator().manual_seed(1)
-    tasks = [(torch.randn(6, 1, 16, 16, generator=g, dtype=torch.float64), torch.arange(3).repeat(2),
-              torch.randn(9, 1, 16, 16, generator=g, dtype=torch.float64), torch.arange(3).repeat(3))
-             for _ in range(2)]
-    grads = []
-    for device in ("cpu", "cuda"):
-        model = model.to(device)
-        model.zero_grad(set_to_none=True)
-        loss, _ = meta_loss(model, [tuple(t.to(device) for t in task) for task in tasks], 2, 0.5)
-        loss.backward()
-        grads.append(torch.cat([p.grad.flatten().cpu() for p in model.parameters()]))
+    model, tasks = tiny_problem()
+    grads = [meta_grad(model.to(device), [tuple(t.to(device) for t in task) for task in tasks], False).cpu()
+             for device in ("cpu", "cuda")]
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-9, atol=1e-12)
 
 
@@ -86,7 +65,7 @@ def caches(tmp_path_factory):
 def test_maml_train_and_test_on_cuda_repeat_bit_identically(caches, tmp_path, run_main):
     whole, halted = tmp_path / "whole", tmp_path / "halted"
     for out, extra in ((whole, []), (halted, ["--halt-after", "1"]), (halted, ["--resume"])):
-        maml_run(caches, out, "--device", "cuda", *extra)  # a later --device wins over run()'s --device cpu
+        maml_run(caches, out, *extra, *CUDA)
     a, b = load(whole), load(halted)
     for key in ("model", "eval_model", "optimizer", "best_acc", "selection"):
         assert_same(a[key], b[key], key)
