@@ -71,6 +71,14 @@ def prepared(tmp_path_factory):
                            X={s: v[1] for s, v in splits.items()}, Y={s: v[2] for s, v in splits.items()})
 
 
+@pytest.fixture(scope="session")
+def images_only(prepared, tmp_path_factory):
+    """The synthetic train images in a file without labels, as cfe.train reads them: training must not need them."""
+    path = tmp_path_factory.mktemp("cfe_train_data") / "unlabelled.npz"
+    fio.save_npz(path, X=prepared.X["train"])
+    return path
+
+
 TINY_CFE = dict(in_channels=1, hidden=8, image_size=28, dim=16, mlp=True, queue_size=256, momentum=0.99,
                 temperature=0.2)
 

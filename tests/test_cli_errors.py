@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -228,6 +229,16 @@ def test_bad_input_in_process(case, env, run_main, tmp_path):
     except Exception as e:  # cli_main lets only non-UserError exceptions through: a traceback for the user
         pytest.fail(f"{module} {case}: {type(e).__name__}: {e} (a traceback instead of one line)")
     check(r.code, r.err, message, out, before, env.root)
+    assert r.code == 2
+
+
+def test_no_temporary_folder_for_the_archive_is_one_line(env, run_main, tmp_path, monkeypatch):
+    # the archive is unpacked into a temporary folder before it is read: failing to make one is the user's to fix
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-tmp"))
+    out = tmp_path / "out"
+    before = files_under(env.root)
+    r = run_main("fewshot.datasets", ["omniglot", "--source", env.junk_tar, "--out", out])
+    check(r.code, r.err, r"cannot create a temporary folder .*; set TMPDIR to a writable folder", out, before, env.root)
     assert r.code == 2
 
 

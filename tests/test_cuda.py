@@ -12,7 +12,6 @@ from cfe import train as cfe_train
 from cfe.model import CFE
 from fewshot.checkpoint import load_checkpoint
 from tests.cfe.test_train import args as cfe_args
-from tests.cfe.test_train import images_only  # noqa: F401 (a fixture: pytest passes it by name)
 from tests.conftest import TINY_CFE
 from tests.maml.test_maml import meta_grad, tiny_problem
 from tests.maml.test_train import assert_same, load, toy_caches
@@ -25,7 +24,7 @@ pytestmark = [pytest.mark.gpu,
 CUDA = ("--device", "cuda")  # appended to the CPU tests' command lines: argparse keeps the last --device
 
 
-def test_cfe_train_on_cuda_resumes_bit_identically(images_only, tmp_path):  # noqa: F811 (the imported fixture)
+def test_cfe_train_on_cuda_resumes_bit_identically(images_only, tmp_path):
     whole, again, halted = tmp_path / "whole", tmp_path / "again", tmp_path / "halted"
     cfe_train.main(cfe_args(images_only, whole, *CUDA))
     cfe_train.main(cfe_args(images_only, again, *CUDA))

@@ -74,12 +74,13 @@ def test_script_accepts_every_crop_mode_the_trainer_offers(tmp_path):
 
 
 def test_finished_stages_are_skipped_until_what_they_were_made_from_changes(tmp_path):
+    from fewshot.report import result_name  # the script spells the test results' names out; this keeps them in step
     run = tmp_path / "run"
     files = {"ckpt": run / "cfe" / "checkpoints" / "epoch_0090.pt", "encoded": run / "caches" / "encode.json",
              "cache": run / "caches" / "omniglot_64_K_500_train.npz",
              "best": run / "maml-pem" / "checkpoints" / "best.pt",
-             "test1": run / "maml-pem" / "results" / "test_5w1s.json",
-             "test5": run / "maml-pem" / "results" / "test_5w5s.json"}
+             "test1": run / "maml-pem" / "results" / result_name(5, 1),
+             "test5": run / "maml-pem" / "results" / result_name(5, 5)}
     for t, path in enumerate(files.values()):  # made in this order, one second apart
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()

@@ -11,7 +11,7 @@ from cfe import train
 from cfe.train import cosine_lr, load_cfe
 from fewshot.checkpoint import load_checkpoint
 from fewshot.errors import UserError
-from fewshot.io import read_jsonl, save_npz
+from fewshot.io import read_jsonl
 from tests.conftest import files_under
 
 EPOCHS = 3
@@ -22,14 +22,6 @@ def args(data, out, *extra):
     return ["--data", str(data), "--out", str(out), "--epochs", str(EPOCHS), "--batch-size", "64",
             "--queue-size", "256", "--hidden", "8", "--dim", "16", "--save-every", "2", "--device", "cpu",
             "--threads", "1", *map(str, extra)]
-
-
-@pytest.fixture(scope="module")
-def images_only(prepared, tmp_path_factory):
-    """The train images in a file without labels: training must not need them."""
-    path = tmp_path_factory.mktemp("cfe_train_data") / "unlabelled.npz"
-    save_npz(path, X=prepared.X["train"])
-    return path
 
 
 @pytest.fixture(scope="module")
