@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from cfe.augment import CROP_MODES, omniglot_augment
 from cfe.model import CFE
 from cfe.train import check_step_settings, train_step
-from fewshot.cli import THREADS_HELP, nonneg_int, positive_int
+from fewshot.cli import THREADS_HELP, HelpFormatter, nonneg_int, positive_int
 from fewshot.errors import cli_main
 from fewshot.runtime import pick_device, set_threads
 
@@ -69,10 +69,10 @@ def make_step(device, batch_size, queue_size, bn_splits, crop, per_split_loss):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--queue-size", type=positive_int, nargs="+", default=[16384])
-    p.add_argument("--bn-splits", type=positive_int, nargs="+", default=[1])
+                                formatter_class=HelpFormatter)
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per step")
+    p.add_argument("--queue-size", type=positive_int, nargs="+", default=[16384], help="queue lengths to time")
+    p.add_argument("--bn-splits", type=positive_int, nargs="+", default=[1], help="BatchNorm splits to time")
     p.add_argument("--crop", nargs="+", choices=CROP_MODES, default=["clamped"],
                    help="crop box modes (cfe/augment.py)")
     p.add_argument("--per-split-loss", type=int, nargs="+", choices=[0, 1], default=[0],

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from cfe.train import load_cfe
 from fewshot.backbones import to_float
-from fewshot.cli import THREADS_HELP, nonneg_int, positive_int
+from fewshot.cli import DEVICE_HELP, THREADS_HELP, HelpFormatter, nonneg_int, positive_int
 from fewshot.data import SPLITS, encoded_path, load_array, load_images, load_split, prepared_path, write_split
 from fewshot.errors import UserError, cli_main
 from fewshot.io import prepare_run_dir, provenance, save_json, save_npz
@@ -29,7 +29,7 @@ from fewshot.runtime import pick_device, set_threads
 
 def get_parser():
     p = argparse.ArgumentParser(prog="python -m cfe.encode", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True, help="cfe checkpoint (.pt)")
     p.add_argument("--data-dir", required=True, help="folder with {dataset}_cache_{train,val,test}.npz")
     p.add_argument("--dataset", required=True, help="dataset name, used in file names")
@@ -39,8 +39,8 @@ def get_parser():
     p.add_argument("--min-cluster-size", type=positive_int, default=20,
                    help="repeat smaller clusters' images up to this")
     p.add_argument("--seed", type=int, default=0, help="k-means seed")
-    p.add_argument("--batch-size", type=positive_int, default=1024)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=positive_int, default=1024, help="images per forward pass")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
     p.add_argument("--resume", action="store_true", help="reuse --out if it already holds this configuration")
     return p

@@ -21,7 +21,7 @@ from cfe.augment import CROP_MODES, omniglot_augment
 from cfe.model import CFE
 from fewshot.backbones import to_float
 from fewshot.checkpoint import load_checkpoint, load_state, save_checkpoint
-from fewshot.cli import THREADS_HELP, nonneg_int, positive_int
+from fewshot.cli import DEVICE_HELP, THREADS_HELP, HelpFormatter, nonneg_int, positive_int
 from fewshot.data import load_images
 from fewshot.errors import UserError, cli_main
 from fewshot.io import RESUMABLE_CHANGES, JsonlLog, prepare_run_dir, provenance
@@ -30,21 +30,21 @@ from fewshot.runtime import epoch_seed, pick_device, seed_everything, set_thread
 
 def get_parser():
     p = argparse.ArgumentParser(prog="python -m cfe.train", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--data", required=True, help="train split .npz (only its images X are read)")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--epochs", type=positive_int, default=200)
-    p.add_argument("--batch-size", type=positive_int, default=256)
-    p.add_argument("--lr", type=float, default=0.03)
+    p.add_argument("--epochs", type=positive_int, default=200, help="epochs over the train images")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per step")
+    p.add_argument("--lr", type=float, default=0.03, help="SGD learning rate at the start of the cosine schedule")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
     p.add_argument("--no-cos", dest="cos", action="store_false", help="constant lr instead of the cosine schedule")
     p.add_argument("--hidden", type=positive_int, default=64, help="conv channels of the Conv4 backbone")
     p.add_argument("--dim", type=positive_int, default=64, help="embedding dimension")
     p.add_argument("--no-mlp", dest="mlp", action="store_false", help="linear head instead of the MLP head")
     p.add_argument("--queue-size", type=positive_int, default=65536, help="number of past keys kept as negatives")
     p.add_argument("--key-momentum", type=float, default=0.999, help="EMA momentum m of the key encoder")
-    p.add_argument("--temperature", type=float, default=0.2)
+    p.add_argument("--temperature", type=float, default=0.2, help="softmax temperature T of the loss")
     p.add_argument("--bn-splits", type=positive_int, default=1,
                    help="BatchNorm statistics per group of batch/N images, with keys shuffled across groups "
                         "(4 emulates upstream's 4-GPU run in one process)")
@@ -54,8 +54,8 @@ def get_parser():
     p.add_argument("--crop", choices=CROP_MODES, default="clamped",
                    help="how crop boxes are drawn (cfe/augment.py): torchvision is upstream's RandomResizedCrop, "
                         "clamped also zooms out on about one view in six")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, batches and augmentation")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
     p.add_argument("--save-every", type=positive_int, default=20, help="keep a snapshot every N epochs")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoints/last.pt if present")

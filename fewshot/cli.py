@@ -1,5 +1,8 @@
 """argparse pieces the command lines share."""
 
+import argparse
+
+DEVICE_HELP = "auto (a GPU when there is one, else the CPU), cpu, cuda, cuda:1, ..."
 THREADS_HELP = "CPU threads (0: all cores, or OMP_NUM_THREADS when it is set)"
 
 
@@ -17,3 +20,14 @@ def nonneg_int(text: str) -> int:
     if value < 0:
         raise ValueError(text)
     return value
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to an option's help, except where there is nothing to show (no default), where it
+    would mislead (a flag: "--no-mlp (default: True)") or where the help already says what the default is."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, argparse.SUPPRESS) or action.nargs == 0 or "default" in text:
+            return text
+        return super()._get_help_string(action)

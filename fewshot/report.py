@@ -15,13 +15,15 @@ from fewshot.errors import UserError, cli_main
 from fewshot.io import atomic_path, load_json, read_jsonl, save_json
 
 
-def result_name(ways: int, shots: int, source=None) -> str:
-    """A test result's file name in a run's results/: test_{ways}w{shots}s.json for the run's own test split,
-    test_{ways}w{shots}s_{name}.json for tasks from another cache or episodes file `source` (never tabled here)."""
-    return f"test_{ways}w{shots}s" + (f"_{Path(source).stem}" if source else "") + ".json"
+def result_name(ways: int, shots: int, source=None, checkpoint=None) -> str:
+    """A test result's file name in a run's results/: test_{ways}w{shots}s.json for the run's own test split and
+    its selected (best) checkpoint; tasks from another cache or episodes file `source`, or another `checkpoint`
+    (last, a snapshot), add their names: test_5w1s_{source}_{checkpoint}.json. Only the first kind is tabled."""
+    extra = [Path(x).stem for x in (source, checkpoint) if x]
+    return f"test_{ways}w{shots}s" + "".join(f"_{x}" for x in extra) + ".json"
 
 
-OWN_RESULT = re.compile(r"test_\d+w\d+s\.json")  # result_name without a source
+OWN_RESULT = re.compile(r"test_\d+w\d+s\.json")  # result_name of the own test split and best checkpoint
 
 
 def _epoch_seconds(run: Path):

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fewshot import omniglot as om
+from fewshot.cli import HelpFormatter
 from fewshot.data import SPLITS, load_split, prepared_path, write_split
 from fewshot.errors import UserError, cli_main
 from fewshot.io import provenance
@@ -49,11 +50,11 @@ def resampled_splits(zip_paths, cache_splits, splits, partial=False, pixels="tor
 
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m fewshot.torchmeta_split", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--zips", required=True, help="folder of the official Omniglot zips (or one zip)")
     p.add_argument("--cache-dir", required=True, help="folder with omniglot_cache_{train,val,test}.npz")
     p.add_argument("--out", required=True, help="folder for the resampled omniglot_cache_{split}.npz")
-    p.add_argument("--splits", nargs="+", default=["test"], choices=SPLITS)
+    p.add_argument("--splits", nargs="+", default=["test"], choices=SPLITS, help="the splits to rewrite")
     p.add_argument("--partial", action="store_true", help="write a split even if the zips lack some characters")
     p.add_argument("--pixels", choices=list(PIXELS), default="torchmeta",
                    help="torchmeta: upstream test.py's bilinear pixels; cache: the cache's nearest-neighbour ones")

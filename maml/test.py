@@ -6,8 +6,9 @@
 
 Reads the training run's config.json (architecture, inner step size, caches) and its best checkpoint. Writes
 results/test_{ways}w{shots}s.json into the run folder (or --output) and prints the result; tasks from another
-cache or an episodes file go to results/test_{ways}w{shots}s_{its name}.json, so they never replace the test
-split's result. With --episodes, ways and shots are the file's.
+cache or an episodes file, and other checkpoints (`--checkpoint last` or a snapshot epoch_NNNN.pt), add their
+names (results/test_{ways}w{shots}s_{cache}_{checkpoint}.json), so they never replace the run's own result.
+With --episodes, ways and shots are the file's.
 """
 
 import argparse
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from fewshot.checkpoint import load_checkpoint, load_state
-from fewshot.cli import THREADS_HELP, nonneg_int, positive_int
+from fewshot.cli import DEVICE_HELP, THREADS_HELP, HelpFormatter, nonneg_int, positive_int
 from fewshot.data import load_split
 from fewshot.datasets import image_file_loader
 from fewshot.episodes import EpisodeSampler, load_episodes, save_episodes
@@ -33,7 +34,7 @@ from maml.maml import MAMLNet
 
 def get_parser():
     p = argparse.ArgumentParser(prog="python -m maml.test", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--run", required=True, help="maml.train run folder (holds config.json and checkpoints/)")
     p.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint path")
     p.add_argument("--cache", help="labelled split to test on; default: the test cache beside the train cache")
@@ -42,15 +43,15 @@ def get_parser():
     p.add_argument("--shots", type=positive_int,
                    help="support images per way (default: 1; with --episodes, the file's)")
     p.add_argument("--queries", type=positive_int, help="query images per way (default: the training run's)")
-    p.add_argument("--tasks", type=positive_int, default=1000)
+    p.add_argument("--tasks", type=positive_int, default=1000, help="test tasks to sample")
     p.add_argument("--steps", type=positive_int, default=50, help="adaptation steps")
     p.add_argument("--inner-lr", type=float, help="adaptation step size (default: the training run's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled tasks")
     p.add_argument("--save-episodes", help="write the sampled tasks to this JSON file")
     p.add_argument("--episodes", help="evaluate the tasks of this JSON file instead of sampling")
     p.add_argument("--output", help="results JSON (default: RUN/results/test_{ways}w{shots}s.json, with _NAME "
                                     "added for another --cache or --episodes file NAME.json)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
     return p
 
@@ -82,6 +83,8 @@ def main(argv=None):
         else Path(args.checkpoint)
     ckpt = load_checkpoint(ckpt_path, "maml")
     arch = dict(ckpt["arch"])
+    selected = ckpt_path.resolve() == (run / "checkpoints" / "best.pt").resolve()
+    selection = ckpt["selection"] if selected else f"{ckpt_path.stem} checkpoint, not the run's selection"
 
     own = default_test_cache(cfg["train_cache"])  # the run's own test split
     if not (args.cache or own):
@@ -133,12 +136,13 @@ def main(argv=None):
     mean, ci = mean_ci95(accs)
     result = {"accuracy": mean, "ci95": ci, "tasks": len(tasks), "ways": ways, "shots": shots,
               "queries": queries, "steps": args.steps, "inner_lr": inner_lr, "episodes": source, "cache": cache,
-              "checkpoint": str(ckpt_path), "checkpoint_epoch": ckpt["epoch"], "model_selection": ckpt["selection"],
+              "checkpoint": str(ckpt_path), "checkpoint_epoch": ckpt["epoch"], "model_selection": selection,
               "seconds": round(time.time() - t0, 1), "per_task_accuracy": accs, **prov}
-    out = Path(args.output) if args.output else run / "results" / result_name(ways, shots, elsewhere)
+    out = Path(args.output) if args.output else \
+        run / "results" / result_name(ways, shots, elsewhere, None if selected else ckpt_path)
     save_json(out, result)
     print(f"{ways}-way {shots}-shot: {100 * mean:.2f} ± {100 * ci:.2f} % over {len(tasks)} tasks "
-          f"({args.steps} steps; {ckpt['selection']}, epoch {ckpt['epoch']}) -> {out}")
+          f"({args.steps} steps; {selection}, epoch {ckpt['epoch']}) -> {out}")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
         --val-cache runs/omniglot/caches/omniglot_64_K_500_val.npz --out runs/omniglot/maml
 
 Reads the train cache's images and pseudo-labels (never its true labels) and the cluster centres beside it.
-Writes into --out: config.json (read back by maml.test), metrics.jsonl, checkpoints/last.pt after every epoch
-and checkpoints/best.pt (highest val accuracy; the last epoch when no --val-cache is given).
+Writes into --out: config.json (read back by maml.test), metrics.jsonl, checkpoints/last.pt after every epoch,
+checkpoints/best.pt (highest val accuracy; the last epoch when no --val-cache is given) and
+checkpoints/epoch_NNNN.pt every --save-every epochs (for `maml.test --checkpoint`, e.g. to test shorter budgets).
 """
 
 import argparse
@@ -19,11 +20,11 @@ from tqdm import tqdm
 
 from fewshot.backbones import to_float
 from fewshot.checkpoint import load_checkpoint, load_state, save_checkpoint
-from fewshot.cli import THREADS_HELP, nonneg_int, positive_int
+from fewshot.cli import DEVICE_HELP, THREADS_HELP, HelpFormatter, nonneg_int, positive_int
 from fewshot.data import load_array, load_pseudo_labels, load_split
 from fewshot.episodes import EpisodeSampler
 from fewshot.errors import UserError, cli_main
-from fewshot.io import JsonlLog, prepare_run_dir, provenance
+from fewshot.io import RESUMABLE_CHANGES, JsonlLog, prepare_run_dir, provenance
 from fewshot.metrics import mean_ci95
 from fewshot.runtime import epoch_seed, pick_device, seed_everything, set_threads
 from maml.common import evaluate, task_tensors
@@ -33,19 +34,19 @@ from maml.pem import ClusterIndex, pem_queries
 
 def get_parser():
     p = argparse.ArgumentParser(prog="python -m maml.train", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--train-cache", required=True, help="pseudo-labelled train cache (.npz from cfe.encode)")
     p.add_argument("--clusters", help="cluster centres (.npz); default: the train cache's *_clusters.npz")
     p.add_argument("--val-cache", help="labelled val cache for model selection (omit: keep the last epoch)")
     p.add_argument("--out", required=True, help="run folder")
-    p.add_argument("--epochs", type=positive_int, default=20)
-    p.add_argument("--batches-per-epoch", type=positive_int, default=100)
+    p.add_argument("--epochs", type=positive_int, default=20, help="meta-training epochs")
+    p.add_argument("--batches-per-epoch", type=positive_int, default=100, help="meta-batches per epoch")
     p.add_argument("--meta-batch", type=positive_int, default=8, help="tasks per meta-batch")
-    p.add_argument("--ways", type=positive_int, default=5)
-    p.add_argument("--shots", type=positive_int, default=1)
+    p.add_argument("--ways", type=positive_int, default=5, help="classes per task")
+    p.add_argument("--shots", type=positive_int, default=1, help="support images per way")
     p.add_argument("--queries", type=positive_int, default=5, help="query images per way")
     p.add_argument("--inner-lr", type=float, default=0.1, help="inner-loop step size alpha")
-    p.add_argument("--inner-steps", type=positive_int, default=1)
+    p.add_argument("--inner-steps", type=positive_int, default=1, help="inner-loop steps in training")
     p.add_argument("--meta-lr", type=float, default=1e-3, help="Adam learning rate of the outer loop")
     p.add_argument("--first-order", action="store_true", help="first-order MAML (no second derivatives)")
     p.add_argument("--hidden", type=positive_int, default=64, help="conv channels")
@@ -61,9 +62,10 @@ def get_parser():
     p.add_argument("--val-steps", type=nonneg_int,
                    help="adaptation steps at validation (default: --inner-steps, as upstream "
                    "train_un_maml_pem.py, whose metalearner.evaluate adapts as in training)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and tasks")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
+    p.add_argument("--save-every", type=nonneg_int, default=10, help="keep a snapshot every N epochs (0: none)")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoints/last.pt if present")
     p.add_argument("--halt-after", type=int, default=0, help=argparse.SUPPRESS)  # tests: stop as if interrupted
     return p
@@ -111,7 +113,10 @@ def main(argv=None):
     out = Path(args.out)
     last, best = out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
     resuming = args.resume and last.exists()
-    prepare_run_dir(out, config, resume=args.resume, added={"supervised": False})  # runs from before the option
+    # snapshots change no result, so a resumed run may keep them at another interval; `added`: options newer than
+    # some run folders, with the value those runs used
+    prepare_run_dir(out, config, resume=args.resume, may_change=(*RESUMABLE_CHANGES, "save_every"),
+                    added={"supervised": False})
 
     seed_everything(args.seed)
     model = MAMLNet(c, args.hidden, h, args.ways).to(device)
@@ -190,6 +195,8 @@ def main(argv=None):
                      provenance=provenance())
         if improved:
             save_checkpoint(best, "maml", **state)
+        if args.save_every and (epoch + 1) % args.save_every == 0:
+            save_checkpoint(out / "checkpoints" / f"epoch_{epoch + 1:04d}.pt", "maml", **state)
         save_checkpoint(last, "maml", **state)
 
 

@@ -189,3 +189,15 @@ def test_a_train_cache_without_the_train_suffix_needs_cache(run_dir, tmp_path):
     with pytest.raises(UserError, match="pass --cache"):
         evaluate_run(other, "--tasks", 2, "--output", tmp_path / "r.json")
     assert not (tmp_path / "r.json").exists()
+
+
+def test_other_checkpoints_get_their_own_result_file(run_dir):
+    """--checkpoint last (or a snapshot) is not the run's selected model: its result must not replace the run's."""
+    evaluate_run(run_dir, "--tasks", 2)
+    evaluate_run(run_dir, "--tasks", 3, "--checkpoint", "last")
+    res = results(run_dir / "results" / "test_5w1s_last.json")
+    assert res["tasks"] == 3 and res["model_selection"] == "last checkpoint, not the run's selection"
+    assert results(run_dir / "results" / "test_5w1s.json")["tasks"] == 2
+    evaluate_run(run_dir, "--tasks", 4, "--checkpoint", run_dir / "checkpoints" / "best.pt")  # the selection itself
+    assert results(run_dir / "results" / "test_5w1s.json")["tasks"] == 4
+    assert results(run_dir / "results" / "test_5w1s.json")["model_selection"] == "last epoch (no val split)"

@@ -166,3 +166,28 @@ def test_supervised_baseline_trains_on_the_true_labels(caches, tmp_path):
     run(caches, tmp_path / "pseudo", "--no-pem")
     assert not torch.equal(load(tmp_path / "sup")["model"]["classifier.weight"],
                            load(tmp_path / "pseudo")["model"]["classifier.weight"])
+
+
+def snapshots(out):
+    return sorted(p.name for p in (Path(out) / "checkpoints").glob("epoch_*.pt"))
+
+
+def test_snapshots_are_what_a_shorter_run_ends_with(caches, straight, tmp_path):
+    """--save-every keeps checkpoints/epoch_NNNN.pt. Epochs draw their tasks from (seed, epoch) and Adam's rate is
+    constant, so a longer run's snapshot at epoch 2 is the model a 2-epoch run ends with: shorter budgets can be
+    tested from one long run."""
+    assert snapshots(straight) == []  # the default keeps one every 10 epochs
+    long, short = tmp_path / "long", tmp_path / "short"
+    run(caches, long, "--save-every", 2)
+    run(caches, short, "--epochs", 2, "--save-every", 0)
+    assert snapshots(long) == ["epoch_0002.pt"] and snapshots(short) == []
+    snap = load(long, "epoch_0002")
+    assert snap["epoch"] == 2
+    for key in ("model", "eval_model", "optimizer", "best_acc"):
+        assert_same(snap[key], load(short)[key], key)
+    # snapshots change no result, so a run may be resumed with another interval
+    mid = tmp_path / "mid"
+    run(caches, mid, "--halt-after", 1, "--save-every", 0)
+    run(caches, mid, "--resume", "--save-every", 1)
+    assert snapshots(mid) == ["epoch_0002.pt", "epoch_0003.pt"]
+    assert_same(load(mid)["model"], load(straight)["model"])

@@ -1,0 +1,46 @@
+"""Every command line's --help: each option says what it is for, and shows its default once (none for options
+without one)."""
+
+import argparse
+import importlib
+
+import pytest
+
+from fewshot.cli import HelpFormatter
+
+COMMANDS = ["fewshot.datasets", "cfe.train", "cfe.encode", "maml.train", "maml.test", "fewshot.report",
+            "fewshot.torchmeta_split", "bench.cfe_step"]
+
+
+class _Parsed(Exception):
+    pass
+
+
+def parser_of(module, monkeypatch) -> argparse.ArgumentParser:
+    """The parser a command's main() builds, caught as it starts parsing (so nothing runs)."""
+    def catch(self, *args, **kwargs):
+        raise _Parsed(self)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", catch)
+    with pytest.raises(_Parsed) as caught:
+        importlib.import_module(module).main([])
+    return caught.value.args[0]
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_every_option_has_help_and_one_default(module, monkeypatch):
+    parser = parser_of(module, monkeypatch)
+    undocumented = [a.option_strings or a.dest for a in parser._actions if not a.help]
+    assert undocumented == [], f"{module}: options without help: {undocumented}"
+    text = parser.format_help()
+    assert not any(f"(default: {v})" in text for v in ("None", "False", "True")), text
+    for action in parser._actions:
+        if action.help != argparse.SUPPRESS:
+            shown = HelpFormatter(module)._get_help_string(action).replace("%(default)s", "X")
+            assert shown.count("default") <= 1, (action.option_strings, shown)
+
+
+def test_help_shows_defaults_that_are_set(monkeypatch):
+    text = " ".join(parser_of("maml.test", monkeypatch).format_help().split())  # argparse wraps lines
+    assert "test tasks to sample (default: 1000)" in text
+    assert "adaptation steps (default: 50)" in text
