@@ -79,6 +79,7 @@ PEM_K=${PEM_K:-5}
 # VAL_TASKS=800 scored +0.18 ± 0.30 points at 1 shot at the paper budget (RESULTS.md)
 VAL_TASKS=${VAL_TASKS:-300}
 VAL_STEPS=${VAL_STEPS:-$INNER_STEPS}      # upstream validates with the training adaptation steps
+MAML_SAVE_EVERY=${MAML_SAVE_EVERY:-10}    # keep checkpoints/epoch_NNNN.pt every N epochs (0: none)
 # meta-test (upstream test.py: 1,000 tasks, 50 steps)
 TEST_TASKS=${TEST_TASKS:-1000}
 TEST_STEPS=${TEST_STEPS:-$d_test_steps}
@@ -114,7 +115,8 @@ step "MAML ($([ "$PEM" = 1 ] && echo "+PEM" || echo "PEM off"), $MAML_EPOCHS epo
   --epochs "$MAML_EPOCHS" --batches-per-epoch "$BATCHES_PER_EPOCH" --meta-batch "$META_BATCH" \
   --inner-lr "$INNER_LR" --inner-steps "$INNER_STEPS" --meta-lr "$META_LR" --queries "$QUERIES" \
   --pem-warmup "$PEM_WARMUP" --pem-eta "$PEM_ETA" --pem-k "$PEM_K" --val-tasks "$VAL_TASKS" --val-steps "$VAL_STEPS" \
-  $([ "$PEM" = 1 ] || echo --no-pem) --seed "$SEED" --device "$DEVICE" --threads "$THREADS" --resume
+  --save-every "$MAML_SAVE_EVERY" $([ "$PEM" = 1 ] || echo --no-pem) --seed "$SEED" --device "$DEVICE" \
+  --threads "$THREADS" --resume
 
 for shots in $TEST_SHOTS; do
   step "meta-test 5-way $shots-shot ($TEST_TASKS tasks, $TEST_STEPS steps)"

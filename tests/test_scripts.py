@@ -50,6 +50,7 @@ def test_presets_pass_their_settings_to_the_stages(tmp_path, env, epochs, bn_spl
     assert (option(cfe, "--epochs"), option(cfe, "--bn-splits"), option(cfe, "--crop")) == (epochs, bn_splits, crop)
     assert ("--per-split-loss" in cfe) == split_loss
     assert option(calls["maml.test"], "--steps") == test_steps
+    assert option(calls["maml.train"], "--save-every") == "10"
 
 
 @pytest.mark.parametrize("env, message", [
