@@ -36,7 +36,8 @@ def get_parser():
     p = argparse.ArgumentParser(prog="python -m maml.test", description=__doc__.split("\n")[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("--run", required=True, help="maml.train run folder (holds config.json and checkpoints/)")
-    p.add_argument("--checkpoint", default="best", help="best, last, or a checkpoint path")
+    p.add_argument("--checkpoint", default="best",
+                   help="best (the run's selection), last, or a checkpoint path such as RUN/checkpoints/epoch_0040.pt")
     p.add_argument("--cache", help="labelled split to test on; default: the test cache beside the train cache")
     p.add_argument("--dataset", help="dataset name, to read image files named in --episodes (e.g. omniglot)")
     p.add_argument("--ways", type=positive_int, help="ways per task (default: 5; with --episodes, the file's)")
@@ -50,7 +51,8 @@ def get_parser():
     p.add_argument("--save-episodes", help="write the sampled tasks to this JSON file")
     p.add_argument("--episodes", help="evaluate the tasks of this JSON file instead of sampling")
     p.add_argument("--output", help="results JSON (default: RUN/results/test_{ways}w{shots}s.json, with _NAME "
-                                    "added for another --cache or --episodes file NAME.json)")
+                                    "added for another --cache or --episodes file NAME.json and for a checkpoint "
+                                    "other than best)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
     return p
