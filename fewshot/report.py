@@ -78,15 +78,14 @@ def to_markdown(rows) -> str:
     def num(x):
         return "-" if x is None else f"{x:.3f}"
 
-    lines = ["| method | MAML epochs | 5-way 1-shot (%) | 5-way 5-shot (%) | ARI | NMI "
+    lines = ["| run | method | MAML epochs | 5-way 1-shot (%) | 5-way 5-shot (%) | ARI | NMI "
              "| CFE min | encode min | MAML min | test min |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r["seconds"]
         times = " | ".join(_minutes(s[k]) for k in ("cfe", "encode", "maml", "test"))
-        lines.append(f"| {r['method']} | {r['maml_epochs'] or '-'} | {acc(r, '5w1s')} | {acc(r, '5w5s')} "
-                     f"| {num(r['ari'])} | {num(r['nmi'])} "
-                     f"| {times} |")
+        lines.append(f"| {Path(r['run']).name} | {r['method']} | {r['maml_epochs'] or '-'} "
+                     f"| {acc(r, '5w1s')} | {acc(r, '5w5s')} | {num(r['ari'])} | {num(r['nmi'])} | {times} |")
     return "\n".join(lines) + "\n"
 
 

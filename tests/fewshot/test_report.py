@@ -29,7 +29,7 @@ def test_summary_reads_every_stage(tmp_path):
     assert pem["seconds"] == {"cfe": 120, "encode": 30, "maml": 120, "test": 180}
     assert pem["ari"] == 0.5 and pem["nmi"] == 0.9
     table = to_markdown(list(rows.values()))
-    assert "| MAML + PEM | 20 | 91.00 ± 0.40 (1000 tasks, 10 steps) | 95.00 ± 0.40" in table
+    assert "| maml-pem | MAML + PEM | 20 | 91.00 ± 0.40 (1000 tasks, 10 steps) | 95.00 ± 0.40" in table
     assert "| 2.0 | 0.5 | 2.0 | 3.0 |" in table
 
 
@@ -67,4 +67,4 @@ def test_supervised_reference_runs_are_labelled(tmp_path):
     save_json(tmp_path / "maml-true" / "config.json", {"pem": False, "supervised": True, "epochs": 60})
     rows = {r["method"]: r for r in summarise(tmp_path)}
     assert rows["MAML, true labels (supervised)"]["maml_epochs"] == 60
-    assert "| MAML, true labels (supervised) | 60 | - | - |" in to_markdown(list(rows.values()))
+    assert "| maml-true | MAML, true labels (supervised) | 60 | - | - |" in to_markdown(list(rows.values()))
