@@ -20,7 +20,7 @@ from tqdm import tqdm
 from cfe.augment import CROP_MODES, omniglot_augment
 from cfe.model import CFE
 from fewshot.backbones import to_float
-from fewshot.checkpoint import load_checkpoint, load_state, save_checkpoint
+from fewshot.checkpoint import load_checkpoint, load_state, save_checkpoint, snapshot_path
 from fewshot.cli import DEVICE_HELP, THREADS_HELP, HelpFormatter, nonneg_int, positive_int
 from fewshot.data import load_images
 from fewshot.errors import UserError, cli_main
@@ -157,7 +157,7 @@ def main(argv=None):
                      epoch=epoch + 1, config=config, provenance=provenance())
         save_checkpoint(last, "cfe", **state)
         if (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:
-            save_checkpoint(out / "checkpoints" / f"epoch_{epoch + 1:04d}.pt", "cfe", **state)
+            save_checkpoint(snapshot_path(out, epoch + 1), "cfe", **state)
 
 
 def load_cfe(path, device="cpu") -> CFE:

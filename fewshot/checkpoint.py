@@ -15,6 +15,11 @@ from fewshot.errors import UserError
 from fewshot.io import save_torch
 
 
+def snapshot_path(run, epoch: int) -> Path:
+    """Where a training run keeps its snapshot of an epoch: RUN/checkpoints/epoch_NNNN.pt (scripts spell it too)."""
+    return Path(run) / "checkpoints" / f"epoch_{epoch:04d}.pt"
+
+
 def save_checkpoint(path, kind: str, **state) -> None:
     save_torch(path, {"kind": kind, **state})
 

@@ -19,7 +19,7 @@ from torch.func import functional_call
 from tqdm import tqdm
 
 from fewshot.backbones import to_float
-from fewshot.checkpoint import load_checkpoint, load_state, save_checkpoint
+from fewshot.checkpoint import load_checkpoint, load_state, save_checkpoint, snapshot_path
 from fewshot.cli import DEVICE_HELP, THREADS_HELP, HelpFormatter, nonneg_int, positive_int
 from fewshot.data import load_array, load_pseudo_labels, load_split
 from fewshot.episodes import EpisodeSampler
@@ -196,7 +196,7 @@ def main(argv=None):
         if improved:
             save_checkpoint(best, "maml", **state)
         if args.save_every and (epoch + 1) % args.save_every == 0:
-            save_checkpoint(out / "checkpoints" / f"epoch_{epoch + 1:04d}.pt", "maml", **state)
+            save_checkpoint(snapshot_path(out, epoch + 1), "maml", **state)
         save_checkpoint(last, "maml", **state)
 
 
