@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from cfe.train import load_cfe
 from fewshot.backbones import to_float
-from fewshot.cli import DEVICE_HELP, THREADS_HELP, HelpFormatter, nonneg_int, positive_int
+from fewshot.cli import DEVICE_HELP, THREADS_HELP, HelpFormatter, nonneg_int, positive_int, seed_int
 from fewshot.data import (
     SPLITS,
     assert_disjoint_classes,
@@ -50,7 +50,7 @@ def get_parser():
     p.add_argument("--niter", type=positive_int, default=100, help="k-means iterations")
     p.add_argument("--min-cluster-size", type=positive_int, default=20,
                    help="repeat smaller clusters' images up to this")
-    p.add_argument("--seed", type=int, default=0, help="k-means seed (0 .. 2**31 - 1)")
+    p.add_argument("--seed", type=seed_int, default=0, help="k-means seed (0 .. 2**31 - 1)")
     p.add_argument("--batch-size", type=positive_int, default=1024, help="images per forward pass")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
@@ -98,8 +98,6 @@ def repeat_small_clusters(assign: np.ndarray, min_size: int) -> np.ndarray:
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    if not 0 <= args.seed < 2**31:
-        raise UserError(f"--seed {args.seed}: faiss takes seeds from 0 to 2**31 - 1")
     set_threads(args.threads)
     device = pick_device(args.device)
     model = load_cfe(args.checkpoint, device)

@@ -21,7 +21,17 @@ from cfe.augment import CROP_MODES, omniglot_augment
 from cfe.model import CFE
 from fewshot.backbones import check_image_side, to_float
 from fewshot.checkpoint import load_checkpoint, load_state, save_checkpoint, snapshot_path
-from fewshot.cli import DEVICE_HELP, THREADS_HELP, HelpFormatter, nonneg_int, positive_int
+from fewshot.cli import (
+    DEVICE_HELP,
+    THREADS_HELP,
+    HelpFormatter,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    seed_int,
+    unit_float,
+)
 from fewshot.data import load_images
 from fewshot.errors import UserError, cli_main
 from fewshot.io import RESUMABLE_CHANGES, JsonlLog, prepare_run_dir, provenance
@@ -35,16 +45,17 @@ def get_parser():
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--epochs", type=positive_int, default=200, help="epochs over the train images")
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per step")
-    p.add_argument("--lr", type=float, default=0.03, help="SGD learning rate at the start of the cosine schedule")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="SGD weight decay")
+    p.add_argument("--lr", type=positive_float, default=0.03,
+                   help="SGD learning rate at the start of the cosine schedule")
+    p.add_argument("--momentum", type=nonneg_float, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=nonneg_float, default=1e-4, help="SGD weight decay")
     p.add_argument("--no-cos", dest="cos", action="store_false", help="constant lr instead of the cosine schedule")
     p.add_argument("--hidden", type=positive_int, default=64, help="conv channels of the Conv4 backbone")
     p.add_argument("--dim", type=positive_int, default=64, help="embedding dimension")
     p.add_argument("--no-mlp", dest="mlp", action="store_false", help="linear head instead of the MLP head")
     p.add_argument("--queue-size", type=positive_int, default=65536, help="number of past keys kept as negatives")
-    p.add_argument("--key-momentum", type=float, default=0.999, help="EMA momentum m of the key encoder")
-    p.add_argument("--temperature", type=float, default=0.2, help="softmax temperature T of the loss")
+    p.add_argument("--key-momentum", type=unit_float, default=0.999, help="EMA momentum m of the key encoder")
+    p.add_argument("--temperature", type=positive_float, default=0.2, help="softmax temperature T of the loss")
     p.add_argument("--bn-splits", type=positive_int, default=1,
                    help="BatchNorm statistics per group of batch/N images, with keys shuffled across groups "
                         "(4 emulates upstream's 4-GPU run in one process)")
@@ -54,7 +65,8 @@ def get_parser():
     p.add_argument("--crop", choices=CROP_MODES, default="clamped",
                    help="how crop boxes are drawn (cfe/augment.py): torchvision is upstream's RandomResizedCrop, "
                         "clamped also zooms out on about one view in six")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights, batches and augmentation")
+    p.add_argument("--seed", type=seed_int, default=0,
+                   help="seed of the weights, batches and augmentation (0 .. 2**31 - 1)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
     p.add_argument("--save-every", type=positive_int, default=20, help="keep a snapshot every N epochs")
@@ -92,24 +104,10 @@ def check_step_settings(batch_size, queue_size, bn_splits, per_split_loss=False)
         raise UserError("--per-split-loss needs --bn-splits of 2 or more")
 
 
-def check_optim_settings(lr, momentum, weight_decay, key_momentum, temperature) -> None:
-    """A clear error, before the run folder exists, for optimiser and loss settings that cannot train."""
-    named = {"--lr": lr, "--momentum": momentum, "--weight-decay": weight_decay, "--key-momentum": key_momentum,
-             "--temperature": temperature}
-    for name, value in named.items():
-        if not math.isfinite(value) or value < 0:
-            raise UserError(f"{name} {value}: must be a finite number >= 0")
-    if key_momentum > 1:
-        raise UserError(f"--key-momentum {key_momentum}: must be in [0, 1] (the key encoder's EMA momentum)")
-    if temperature == 0:
-        raise UserError("--temperature 0: must be > 0 (the logits are divided by it)")
-
-
 def main(argv=None):
     args = get_parser().parse_args(argv)
     config = vars(args).copy()
     check_step_settings(args.batch_size, args.queue_size, args.bn_splits, args.per_split_loss)
-    check_optim_settings(args.lr, args.momentum, args.weight_decay, args.key_momentum, args.temperature)
     set_threads(args.threads)
     device = pick_device(args.device)
     X = torch.from_numpy(load_images(args.data))  # NxHxWxC uint8; never the labels

@@ -23,6 +23,18 @@ def nonneg_int(text: str) -> int:
     return value
 
 
+SEED_MAX = 2**31 - 1  # faiss k-means takes a signed 32-bit seed; every stage's --seed shares its range
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed from 0 to 2**31 - 1. Outside it numpy (negative) or faiss (over 2**31 - 1) raise
+    deep inside a stage, after its run folder exists."""
+    value = int(text)
+    if not 0 <= value <= SEED_MAX:
+        raise ValueError(text)
+    return value
+
+
 def _finite(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):  # float() accepts "nan" and "inf"; no rate or fraction may be either
@@ -34,6 +46,14 @@ def positive_float(text: str) -> float:
     """argparse type: a finite number > 0 (a step size or learning rate)."""
     value = _finite(text)
     if value <= 0:
+        raise ValueError(text)
+    return value
+
+
+def nonneg_float(text: str) -> float:
+    """argparse type: a finite number >= 0 (a momentum or a weight decay)."""
+    value = _finite(text)
+    if value < 0:
         raise ValueError(text)
     return value
 

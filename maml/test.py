@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from fewshot.checkpoint import load_checkpoint, load_state
-from fewshot.cli import DEVICE_HELP, THREADS_HELP, HelpFormatter, nonneg_int, positive_float, positive_int
+from fewshot.cli import DEVICE_HELP, THREADS_HELP, HelpFormatter, nonneg_int, positive_float, positive_int, seed_int
 from fewshot.data import load_split
 from fewshot.datasets import image_file_loader
 from fewshot.episodes import EpisodeSampler, load_episodes, save_episodes
@@ -49,7 +49,7 @@ def get_parser():
     p.add_argument("--tasks", type=positive_int, default=1000, help="test tasks to sample")
     p.add_argument("--steps", type=positive_int, default=50, help="adaptation steps")
     p.add_argument("--inner-lr", type=positive_float, help="adaptation step size (default: the training run's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sampled tasks")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the sampled tasks (0 .. 2**31 - 1)")
     p.add_argument("--save-episodes", help="write the sampled tasks to this JSON file")
     p.add_argument("--episodes", help="evaluate the tasks of this JSON file instead of sampling")
     p.add_argument("--output", help="results JSON (default: RUN/results/test_{ways}w{shots}s.json, with _NAME "

@@ -28,6 +28,7 @@ from fewshot.cli import (
     nonneg_int,
     positive_float,
     positive_int,
+    seed_int,
     unit_float,
 )
 from fewshot.data import load_array, load_pseudo_labels, load_split
@@ -72,7 +73,7 @@ def get_parser():
     p.add_argument("--val-steps", type=nonneg_int,
                    help="adaptation steps at validation (default: --inner-steps, as upstream "
                    "train_un_maml_pem.py, whose metalearner.evaluate adapts as in training)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights and tasks")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the weights and tasks (0 .. 2**31 - 1)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
     p.add_argument("--save-every", type=nonneg_int, default=10, help="keep a snapshot every N epochs (0: none)")

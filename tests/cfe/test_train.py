@@ -152,14 +152,28 @@ def test_a_run_killed_between_its_final_writes_resumes_to_its_final_snapshot(run
     (["--bn-splits", 3], "must be >= 1 and divide --batch-size 64"),
     (["--per-split-loss"], "--per-split-loss needs --bn-splits of 2 or more"),
     (["--batch-size", 1024, "--queue-size", 1024], "800 images, fewer than one batch"),
-    (["--lr", -0.1], "--lr -0.1: must be a finite number >= 0"),
-    (["--weight-decay", "nan"], "--weight-decay nan: must be a finite number"),
-    (["--key-momentum", 1.5], "--key-momentum 1.5: must be in"),
-    (["--temperature", 0], "--temperature 0: must be > 0"),
 ])
 def test_impossible_settings_are_refused_before_the_run_folder_exists(images_only, tmp_path, extra, message):
     with pytest.raises(UserError, match=message):
         train.main(args(images_only, tmp_path / "run", *extra))
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("option, value, kind", [
+    ("--lr", "-0.1", "positive_float"),
+    ("--lr", "0", "positive_float"),
+    ("--momentum", "-0.9", "nonneg_float"),
+    ("--weight-decay", "nan", "nonneg_float"),
+    ("--key-momentum", "1.5", "unit_float"),
+    ("--temperature", "0", "positive_float"),  # the logits are divided by it
+    ("--seed", "-1", "seed_int"),
+])
+def test_impossible_rates_are_usage_errors_before_anything_is_written(images_only, tmp_path, capsys, option, value,
+                                                                      kind):
+    with pytest.raises(SystemExit) as info:
+        train.main(args(images_only, tmp_path / "run", option, value))
+    assert info.value.code == 2
+    assert f"argument {option}: invalid {kind} value: '{value}'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

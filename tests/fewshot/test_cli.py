@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-from fewshot.cli import HelpFormatter, fraction, positive_float, unit_float
+from fewshot.cli import SEED_MAX, HelpFormatter, fraction, nonneg_float, positive_float, seed_int, unit_float
 
 COMMANDS = ["fewshot.datasets", "cfe.train", "cfe.encode", "maml.train", "maml.test", "fewshot.report",
             "fewshot.torchmeta_split", "bench.cfe_step"]
@@ -39,6 +39,7 @@ def test_help_shows_defaults_that_are_set():
 
 @pytest.mark.parametrize("kind, good, bad", [
     (positive_float, ["1e-3", "0.1", "2"], ["0", "-1", "nan", "inf", "-inf", "x"]),
+    (nonneg_float, ["0", "0.9", "1e-4", "3"], ["-1e-9", "nan", "inf", "x"]),
     (fraction, ["1", "0.75", "1e-9"], ["0", "1.5", "2", "-0.1", "nan", "inf"]),
     (unit_float, ["0", "1", "0.9"], ["-0.1", "1.01", "nan", "inf"]),
 ])
@@ -47,3 +48,21 @@ def test_float_types_refuse_what_no_rate_or_share_can_be(kind, good, bad):
     for text in bad:
         with pytest.raises(ValueError):
             kind(text)
+
+
+def test_seeds_outside_what_numpy_and_faiss_take_are_refused():
+    assert [seed_int(t) for t in ("0", "7", str(SEED_MAX))] == [0, 7, SEED_MAX]
+    for text in ("-1", str(SEED_MAX + 1), str(2**32), "1.5", "x"):
+        with pytest.raises(ValueError):
+            seed_int(text)
+
+
+@pytest.mark.parametrize("module", ["cfe.train", "cfe.encode", "maml.train", "maml.test"])
+def test_every_stage_takes_its_seed_as_seed_int(module, capsys):
+    """maml.train --seed -1 used to write its run folder, then fail inside np.random.seed with a traceback."""
+    seed = next(a for a in parser_of(module)._actions if "--seed" in a.option_strings)
+    assert seed.type is seed_int
+    with pytest.raises(SystemExit) as info:
+        parser_of(module).parse_args(["--seed", "-1"])
+    assert info.value.code == 2
+    assert "argument --seed: invalid seed_int value: '-1'" in capsys.readouterr().err
