@@ -142,6 +142,11 @@ def load_array(path, key) -> np.ndarray:
     return _get(_open(path), path, key)
 
 
+def array_names(path) -> list:
+    """The names of the arrays an .npz holds, none of them read (e.g. whether a cache has true labels Y)."""
+    return list(_open(path).files)
+
+
 def check_split(X, Y, name) -> tuple:
     """(X, Y) as a cache stores them, or a one-line UserError naming `name`: images as `check_images` wants them
     and one integer label per image."""

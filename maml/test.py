@@ -10,10 +10,12 @@ cache or an episodes file, and other checkpoints (`--checkpoint last` or a snaps
 names (results/test_{ways}w{shots}s_{cache}_{checkpoint}.json), so they never replace the run's own result.
 An existing result file is replaced only by a test with the same settings (caches with one file name share a
 result name: pass --output for the other). With --episodes, ways and shots are the file's, and a file saved with
---save-episodes must be evaluated on the split it was drawn from.
+--save-episodes must be evaluated on the split it was drawn from. A test cache that is the run's train cache, or
+shares classes (true labels) with it, is refused.
 """
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import torch
 
 from fewshot.checkpoint import load_checkpoint, load_state
 from fewshot.cli import DEVICE_HELP, THREADS_HELP, HelpFormatter, nonneg_int, positive_float, positive_int, seed_int
-from fewshot.data import load_split
+from fewshot.data import array_names, assert_disjoint_classes, load_array, load_split
 from fewshot.datasets import image_file_loader
 from fewshot.episodes import EpisodeSampler, load_episodes, save_episodes
 from fewshot.errors import UserError, cli_main
@@ -103,6 +105,24 @@ def check_output(out: Path, settings: dict) -> None:
                         "to write this one elsewhere (or delete that file)")
 
 
+def refuse_training_classes(cache: str, test_labels: np.ndarray, train_cache: str) -> None:
+    """Class splits must be disjoint: tasks drawn from the classes the run trained on measure memory, not
+    few-shot learning. Refuse a test cache that is the run's train cache itself, or whose true labels Y meet the
+    train cache's (a copy of the train cache among them). Meta-test is no training step, so it may read those
+    labels; a train cache without them (upstream-written or label-free) is compared by path only.
+    NOTE: labels are compared as the class ids of one dataset, as every cache written here numbers them; a cache
+    of another dataset whose ids happen to overlap would be refused too."""
+    train = Path(train_cache)
+    if not train.is_file():  # e.g. a run folder copied without its caches: say that nothing was checked
+        print(f"warning: {train_cache}: not found; cannot check that {cache} shares no classes with the run's "
+              "training split", file=sys.stderr)
+        return
+    if Path(cache).resolve() == train.resolve():
+        raise UserError(f"{cache} is the run's training split {train_cache}; test on a split of other classes")
+    if "Y" in array_names(train):
+        assert_disjoint_classes({f"test {cache}": test_labels, f"training {train_cache}": load_array(train, "Y")})
+
+
 def checkpoint_path(run: Path, name: str) -> Path:
     return run / "checkpoints" / f"{name}.pt" if name in ("best", "last") else Path(name)
 
@@ -176,6 +196,7 @@ def main(argv=None):
         rng = np.random.default_rng(epoch_seed(args.seed, 0, stream=11))
         tasks = [sampler.sample(rng) for _ in range(args.tasks)]
         source = f"{args.tasks} tasks sampled with seed {args.seed}"
+    refuse_training_classes(cache, split.Y, cfg["train_cache"])
     model, head = build_model(ckpt, arch, ways, ckpt_path, device)  # weights that do not fit fail before writing
     settings = {"cache": cache, "episodes": source, "checkpoint": str(ckpt_path),
                 "seed": None if args.episodes else args.seed, "tasks": len(tasks), "ways": ways, "shots": shots,

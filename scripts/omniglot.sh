@@ -104,7 +104,8 @@ else "$PYTHON" -m cfe.train --data "$DATA_DIR/omniglot_cache_train.npz" --out "$
 step "encode + k-means (K=$K) -> $RUN_DIR/caches"
 CACHE=$RUN_DIR/caches/omniglot_${CFE_DIM}_K_${K}
 # skipped only when it finished (encode.json is written last) after the CFE checkpoint was made, with this K;
-# otherwise cfe.encode --resume runs, and refuses in one line caches made from another checkpoint or K
+# otherwise cfe.encode --resume runs: it encodes again from a checkpoint rewritten in place, and refuses in one line
+# caches made from another checkpoint file or K
 if [ "$RUN_DIR/caches/encode.json" -nt "$CFE_CKPT" ] && [ -f "${CACHE}_train.npz" ]; then echo "exists, skipped"
 else "$PYTHON" -m cfe.encode --checkpoint "$CFE_CKPT" --data-dir "$DATA_DIR" --dataset omniglot \
   --out "$RUN_DIR/caches" --k "$K" --min-cluster-size "$MIN_CLUSTER" --seed "$SEED" --device "$DEVICE" --threads "$THREADS" --resume; fi

@@ -74,11 +74,14 @@ def env(tmp_path_factory, cfe_checkpoint):
     np.savez(root / "caches" / "synth_16_K_3_train_clusters.npz", cluster_centers=np.eye(3, 16, dtype=np.float32))
     e.no_clusters = root / "nocentres" / "synth_16_K_3_train.npz"
     write_split(e.no_clusters, X, Y, cluster_label=Y)
+    e.two_centres = _npz(root / "two_centres.npz", cluster_centers=np.eye(2, 16, dtype=np.float32))  # 3 clusters
+    e.unnamed_cache = root / "caches" / "pseudo_labels.npz"  # not *_train.npz: its centres' name is unknown
+    write_split(e.unnamed_cache, X, Y, cluster_label=Y)
     e.val_32 = _npz(root / "val32.npz", X=np.zeros((24, 32, 32, 1), np.uint8), Y=Y)
     e.val_2 = _npz(root / "val2.npz", X=X[:16], Y=Y[:16])  # 2 classes only
     # a maml run folder: config.json + a valid best.pt, and runs whose checkpoints are wrong
     e.test_cache = root / "caches" / "synth_16_K_3_test.npz"
-    write_split(e.test_cache, X, Y, cluster_label=Y)
+    write_split(e.test_cache, X, Y + 10, cluster_label=Y + 10)  # classes the run never trained on
     model = MAMLNet(1, 4, 28, 5)
     for run, ckpt in (("run", "maml"), ("run_cfe", "cfe"), ("run_random", "random")):
         d = root / run
@@ -164,6 +167,21 @@ CASES = {
     "maml-flat-images": ("maml.train", lambda e, o: maml_train_args(e, o, e.flat_images), r"\(N,H,W,C\)"),
     "maml-missing-centres": ("maml.train", lambda e, o: maml_train_args(e, o, e.no_clusters),
                              "_train_clusters.npz: file not found"),
+    "maml-fewer-centres-than-clusters": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--clusters",
+                                                                                    e.two_centres),
+                                         "cluster labels reach 2 but only 2 centres were given"),
+    "maml-cluster-file-not-inferable": ("maml.train", lambda e, o: maml_train_args(e, o, e.unnamed_cache),
+                                        r"pseudo_labels\.npz: cannot infer the cluster file .*pass --clusters"),
+    "maml-missing-clusters": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--clusters", e.absent),
+                              r"absent\.npz: file not found"),
+    "maml-corrupt-clusters": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--clusters", e.random),
+                              r"random\.npz: not a readable \.npz"),
+    "maml-clusters-without-centres": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--clusters", e.small),
+                                      r"small\.npz: missing array 'cluster_centers'"),
+    "maml-missing-val": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--val-cache", e.absent, "--no-pem"),
+                         r"absent\.npz: file not found"),
+    "maml-corrupt-val": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--val-cache", e.random, "--no-pem"),
+                         r"random\.npz: not a readable \.npz"),
     "maml-val-other-size": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--val-cache", e.val_32,
                                                                        "--no-pem"), "differ from the train cache"),
     "maml-val-fewer-classes-than-ways": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--val-cache",
@@ -190,6 +208,8 @@ CASES = {
                                     "need 4 classes"),
     "test-bad-episodes": ("maml.test", lambda e, o: maml_test_args(e, o, None, "--episodes", e.bad_episodes),
                           "integer 'label'"),
+    "test-on-train-cache": ("maml.test", lambda e, o: maml_test_args(e, o, None, "--cache", e.cache),
+                            "is the run's training split"),
     "test-zero-tasks": ("maml.test", lambda e, o: maml_test_args(e, o, None, "--tasks", "0"),
                         "argument --tasks: invalid positive_int value: '0'"),
     "datasets-unknown-name": ("fewshot.datasets", lambda e, o: ["nosuch", "--out", o],

@@ -1,8 +1,10 @@
-"""No training step reads the train split's true labels: permuting them changes nothing but the diagnostics.
+"""No training step reads the train split's true labels: replacing them changes nothing but the diagnostics.
 
-The chain cfe.train -> cfe.encode -> maml.train (PEM on) runs twice on two copies of a small synthetic dataset
-that differ only in the train split's labels Y (randomly permuted). Weights, pseudo-labels and the MAML+PEM model
-must be bit-identical; the pseudo-label quality reported against the (different) truth must differ.
+The chain cfe.train -> cfe.encode -> maml.train (PEM on) runs on copies of a small synthetic dataset that differ
+only in the train split's labels Y: the true ones, a permutation of them, and random labels of another number of
+classes and other class sizes.
+Weights, pseudo-labels and the MAML+PEM model must be bit-identical; the pseudo-label quality reported against
+the (different) truth must differ.
 """
 
 import json
@@ -70,20 +72,38 @@ def assert_same_state(a: dict, b: dict, what: str):
         assert torch.equal(a[k], b[k]), f"{what}: {k} differs"
 
 
-@pytest.mark.slow
-def test_permuting_train_labels_changes_nothing_but_diagnostics(tmp_path):
+def run_copy(root: Path, splits: dict, train_y: np.ndarray) -> tuple:
+    """The chain on a copy of `splits` whose train labels are `train_y`: (its runs folder, its caches)."""
+    data = root / "data"
+    for s, (X, Y) in splits.items():
+        write_split(prepared_path(data, NAME, s), X, train_y if s == "train" else Y)
+    return root / "runs", pipeline(data, root / "runs")
+
+
+@pytest.fixture(scope="module")
+def true_run(tmp_path_factory):
     splits = synthetic_splits()
-    permuted_y = np.random.default_rng(1).permutation(splits["train"][1])
-    assert (permuted_y != splits["train"][1]).mean() > 0.5
-    runs, caches = {}, {}
-    for copy, train_y in (("true", splits["train"][1]), ("permuted", permuted_y)):
-        data = tmp_path / copy / "data"
-        for s, (X, Y) in splits.items():
-            write_split(prepared_path(data, NAME, s), X, train_y if s == "train" else Y)
-        runs[copy] = tmp_path / copy / "runs"
-        caches[copy] = pipeline(data, runs[copy])
-    a, b = runs["true"], runs["permuted"]
-    ca, cb = caches["true"], caches["permuted"]
+    return splits, run_copy(tmp_path_factory.mktemp("true"), splits, splits["train"][1])
+
+
+def replaced_labels(true_y: np.ndarray, how: str) -> np.ndarray:
+    if how == "permuted":
+        y = np.random.default_rng(1).permutation(true_y)
+        assert (y != true_y).mean() > 0.5
+    else:  # 3 classes of uneven sizes instead of 20 of 20, still disjoint from val (100-105) and test (200-205)
+        y = 1000 + np.random.default_rng(1).integers(0, 3, len(true_y))
+        assert len(np.unique(y)) == 3 != len(np.unique(true_y))
+        assert len(set(np.bincount(y - 1000))) > 1  # sizes differ from class to class
+    return y
+
+
+# a permutation keeps the number of classes and their sizes, so it cannot catch a leak such as K = len(unique(Y));
+# labels of another number of classes and other sizes can
+@pytest.mark.parametrize("how", ["permuted", "other classes"])
+def test_replacing_train_labels_changes_nothing_but_diagnostics(true_run, tmp_path, how):
+    """Not marked slow (a few seconds): it is the one proof that training never reads the train split's truth."""
+    splits, (a, ca) = true_run
+    b, cb = run_copy(tmp_path, splits, replaced_labels(splits["train"][1], how))
 
     # CFE: final weights (and queue), optimizer state
     ka, kb = ckpt(a / "cfe/checkpoints/last.pt"), ckpt(b / "cfe/checkpoints/last.pt")
@@ -115,4 +135,4 @@ def test_permuting_train_labels_changes_nothing_but_diagnostics(tmp_path):
     qb = json.loads((b / "caches/encode.json").read_text())["pseudo_label_quality"]
     assert qa["clusters"] == qb["clusters"]
     assert qa["ari"] != qb["ari"] and qa["nmi"] != qb["nmi"]
-    assert qa["nmi"] > qb["nmi"]  # clusters of the embedding follow the true classes, not the shuffled labels
+    assert qa["nmi"] > qb["nmi"]  # clusters of the embedding follow the true classes, not the random labels

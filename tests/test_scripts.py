@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_script(tmp_path, prepared=True, **env):
-    """Run scripts/omniglot.sh with a recording stub for Python; returns (exit code, stderr, {module: args}).
+    """Run scripts/omniglot.sh with a recording stub for Python; returns (exit code, stderr, [(module, args)]),
+    one entry per call in the order made (maml.test runs once per number of shots).
 
     The stub fails (exit 1) for the module named in STUB_FAIL. Unless `prepared`, the data stage runs."""
     log = tmp_path / "calls.txt"
@@ -28,15 +29,27 @@ def run_script(tmp_path, prepared=True, **env):
         (data / "prepare.json").touch()  # the data stage sees prepared data and is skipped
     full_env = {**os.environ, "PYTHON": str(stub), "DATA_DIR": str(data), "RUN_DIR": str(tmp_path / "run"), **env}
     r = subprocess.run(["bash", str(ROOT / "scripts" / "omniglot.sh")], env=full_env, capture_output=True, text=True)
-    calls = {}
+    calls = []
     for line in log.read_text().splitlines() if log.exists() else []:
         module, *args = line.split()[1:]  # "-m module args..."
-        calls[module] = args
+        calls.append((module, args))
     return r.returncode, r.stderr, calls
 
 
 def option(args, name):
     return args[args.index(name) + 1] if name in args else None
+
+
+def stages(calls):
+    """The modules called, in order, a meta-test named with its shots: ["cfe.train", ..., "maml.test 5", ...]."""
+    return [f"{m} {option(a, '--shots')}" if m == "maml.test" else m for m, a in calls]
+
+
+def args_of(calls, module):
+    """The arguments of the one call to `module`."""
+    found = [a for m, a in calls if m == module]
+    assert len(found) == 1, (module, stages(calls))
+    return found[0]
 
 
 @pytest.mark.parametrize("env, epochs, bn_splits, crop, split_loss, test_steps", [
@@ -49,13 +62,20 @@ def option(args, name):
 def test_presets_pass_their_settings_to_the_stages(tmp_path, env, epochs, bn_splits, crop, split_loss, test_steps):
     rc, err, calls = run_script(tmp_path, **env)
     assert rc == 0, err
-    assert list(calls) == ["cfe.train", "cfe.encode", "maml.train", "maml.test", "fewshot.report"]
-    cfe = calls["cfe.train"]
+    assert stages(calls) == ["cfe.train", "cfe.encode", "maml.train", "maml.test 1", "maml.test 5", "fewshot.report"]
+    cfe = args_of(calls, "cfe.train")
     assert (option(cfe, "--epochs"), option(cfe, "--bn-splits"), option(cfe, "--crop")) == (epochs, bn_splits, crop)
     assert ("--per-split-loss" in cfe) == split_loss
-    assert option(calls["maml.test"], "--steps") == test_steps
-    assert option(calls["maml.train"], "--save-every") == "10"
+    assert [option(a, "--steps") for m, a in calls if m == "maml.test"] == [test_steps, test_steps]
+    assert option(args_of(calls, "maml.train"), "--save-every") == "10"
 
+
+
+@pytest.mark.parametrize("shots, tests", [("5", ["maml.test 5"]), ("", []), ("5 1", ["maml.test 5", "maml.test 1"])])
+def test_test_shots_chooses_the_meta_tests(tmp_path, shots, tests):
+    rc, err, calls = run_script(tmp_path, TEST_SHOTS=shots)
+    assert rc == 0, err
+    assert stages(calls) == ["cfe.train", "cfe.encode", "maml.train", *tests, "fewshot.report"]
 
 @pytest.mark.parametrize("env, message", [
     ({"PRESET": "fast"}, "PRESET must be quick or paper"),
@@ -65,7 +85,7 @@ def test_presets_pass_their_settings_to_the_stages(tmp_path, env, epochs, bn_spl
 ])
 def test_bad_variables_give_one_line_and_run_nothing(tmp_path, env, message):
     rc, err, calls = run_script(tmp_path, **env)
-    assert rc == 2 and calls == {}
+    assert rc == 2 and calls == []
     assert err.strip().splitlines() == [err.strip()] and message in err
 
 
@@ -75,7 +95,7 @@ def test_script_accepts_every_crop_mode_the_trainer_offers(tmp_path):
         (tmp_path / mode).mkdir()
         rc, err, calls = run_script(tmp_path / mode, CFE_CROP=mode)
         assert rc == 0, err
-        assert option(calls["cfe.train"], "--crop") == mode
+        assert option(args_of(calls, "cfe.train"), "--crop") == mode
 
 
 def test_finished_stages_are_skipped_until_what_they_were_made_from_changes(tmp_path):
@@ -92,22 +112,28 @@ def test_finished_stages_are_skipped_until_what_they_were_made_from_changes(tmp_
         os.utime(path, (1000 + t, 1000 + t))
     rc, err, calls = run_script(tmp_path)
     assert rc == 0, err
-    assert list(calls) == ["maml.train", "fewshot.report"]  # MAML always runs: --resume stops at once when done
-    os.utime(files["best"], (2000, 2000))  # MAML trained further and found a better epoch
+    assert stages(calls) == ["maml.train", "fewshot.report"]  # MAML always runs: --resume stops at once when done
+    os.utime(files["best"], (2000, 2000))  # MAML trained further and found a better epoch: both results are stale
     rc, err, calls = run_script(tmp_path)
-    assert list(calls) == ["maml.train", "maml.test", "fewshot.report"]
+    assert rc == 0, err
+    assert stages(calls) == ["maml.train", "maml.test 1", "maml.test 5", "fewshot.report"]
+    os.utime(files["test1"], (2500, 2500))  # the 1-shot test finished after it, the 5-shot one was interrupted
+    rc, err, calls = run_script(tmp_path)
+    assert rc == 0, err
+    assert stages(calls) == ["maml.train", "maml.test 5", "fewshot.report"]
     os.utime(files["ckpt"], (3000, 3000))  # a new CFE checkpoint: its caches are encoded again
     rc, err, calls = run_script(tmp_path)
-    assert list(calls) == ["cfe.encode", "maml.train", "maml.test", "fewshot.report"]
+    assert rc == 0, err
+    assert stages(calls) == ["cfe.encode", "maml.train", "maml.test 5", "fewshot.report"]
 
 
 def test_failed_data_preparation_leaves_no_run_folder(tmp_path):
     rc, err, calls = run_script(tmp_path, prepared=False, STUB_FAIL="fewshot.datasets")
-    assert rc != 0 and list(calls) == ["fewshot.datasets"]
+    assert rc != 0 and stages(calls) == ["fewshot.datasets"]
     assert not (tmp_path / "run").exists()
     rc, err, calls = run_script(tmp_path, prepared=False)
     assert rc == 0, err
-    assert list(calls)[:2] == ["fewshot.datasets", "cfe.train"] and (tmp_path / "run").is_dir()
+    assert stages(calls)[:2] == ["fewshot.datasets", "cfe.train"] and (tmp_path / "run").is_dir()
 
 
 # creat_env.sh and scripts/env.sh, copied into a temporary folder and run with stand-ins for python3 (which makes

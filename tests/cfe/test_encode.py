@@ -4,6 +4,7 @@ validation before anything is written."""
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +15,15 @@ from cfe.encode import embed, kmeans, repeat_small_clusters
 from cfe.train import load_cfe
 from fewshot.data import load_array, load_pseudo_labels, load_split, prepared_path, write_split
 from fewshot.errors import UserError
-from fewshot.io import load_json, save_npz
-from tests.conftest import files_under
+from fewshot.io import atomic_path, load_json, read_jsonl, save_npz
+from tests.conftest import ENCODE_K, ENCODE_MIN, files_under
+
+
+def encode_argv(checkpoint, data_dir, dataset, out):
+    """The arguments the `encoded` fixture runs cfe.encode with, writing to `out`."""
+    return ["--checkpoint", str(checkpoint), "--data-dir", str(data_dir), "--dataset", dataset, "--out", str(out),
+            "--k", str(ENCODE_K), "--niter", "10", "--min-cluster-size", str(ENCODE_MIN), "--device", "cpu",
+            "--threads", "1"]
 
 
 def test_files_follow_the_cache_contract(encoded):
@@ -76,9 +84,7 @@ def test_report_has_pseudo_label_quality(encoded):
 
 def test_rerun_needs_resume_and_labels_do_not_depend_on_the_true_train_labels(encoded, prepared, cfe_checkpoint,
                                                                               tmp_path):
-    argv = ["--checkpoint", str(cfe_checkpoint), "--data-dir", str(prepared.root), "--dataset", prepared.name,
-            "--out", str(encoded.out), "--k", str(encoded.k), "--niter", "10", "--min-cluster-size",
-            str(encoded.min_size), "--device", "cpu", "--threads", "1"]
+    argv = encode_argv(cfe_checkpoint, prepared.root, prepared.name, encoded.out)
     before = files_under(encoded.out)
     with pytest.raises(UserError, match="already holds a run"):
         encode.main(argv)
@@ -96,6 +102,81 @@ def test_rerun_needs_resume_and_labels_do_not_depend_on_the_true_train_labels(en
     b = load_split(out / encoded.path["train"].name)
     assert np.array_equal(a.cluster_label, b.cluster_label) and np.array_equal(a.index, b.index)
     assert not np.array_equal(a.Y, b.Y)
+
+
+def assert_same_caches(a, b):
+    """Two cache folders hold the same arrays, metas and encode.json, but for the fields two runs of the same
+    settings may differ in: the seconds taken and the git commit of the code (other helpers edit the tree)."""
+    def contents(out) -> dict:
+        strip = {"seconds", "git_commit"}
+        found = {"encode.json": {k: v for k, v in load_json(out / "encode.json").items() if k not in strip}}
+        for path in sorted(out.glob("*.npz")):
+            with np.load(path) as npz:
+                found[path.name] = {k: npz[k] for k in npz.files}
+            if "meta" in found[path.name]:
+                meta = json.loads(str(found[path.name]["meta"]))
+                found[path.name]["meta"] = {k: v for k, v in meta.items() if k not in strip}
+        return found
+
+    ca, cb = contents(a), contents(b)
+    assert ca.keys() == cb.keys()
+    for name in ca:
+        assert ca[name].keys() == cb[name].keys(), name
+        for key, value in ca[name].items():
+            if isinstance(value, np.ndarray):
+                assert value.dtype == cb[name][key].dtype and np.array_equal(value, cb[name][key]), (name, key)
+            else:
+                assert value == cb[name][key], (name, key)
+
+
+def test_an_interrupted_run_writes_no_encode_json_and_resumes_to_the_same_caches(
+        encoded, prepared, cfe_checkpoint, tmp_path, monkeypatch):
+    """scripts/omniglot.sh takes encode.json as the sign that encoding finished and otherwise reruns cfe.encode
+    with --resume: an interrupted run must leave no encode.json, and the rerun must make what one run makes."""
+    out = tmp_path / "caches"
+    argv = encode_argv(cfe_checkpoint, prepared.root, prepared.name, out)
+    real_write_split, written = encode.write_split, []
+
+    def write_split_cut_short(path, *args, **kwargs):
+        written.append(Path(path).name)
+        if len(written) == 2:  # Ctrl-C while the second cache (val) is half written
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(b"half an npz")
+                raise KeyboardInterrupt
+        real_write_split(path, *args, **kwargs)
+
+    monkeypatch.setattr(encode, "write_split", write_split_cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        encode.main(argv)
+    monkeypatch.undo()
+    stem = f"{encoded.dataset}_{encoded.dim}_K_{encoded.k}"
+    assert written == [f"{stem}_train.npz", f"{stem}_val.npz"]
+    # what was written before stays; no encode.json, no temporary file (os.listdir shows hidden files too)
+    kept = [f"{stem}_{s}.npz" for s in ("train", "train_clusters", "train_emb")]
+    assert sorted(os.listdir(out)) == sorted(["config.json", "invocations.jsonl", *kept])
+    encode.main(argv + ["--resume"])
+    assert sorted(os.listdir(out)) == sorted(os.listdir(encoded.out))
+    assert_same_caches(out, encoded.out)
+    assert [row["resumed"] for row in read_jsonl(out / "invocations.jsonl")] == [False, True]
+
+
+def test_resume_with_another_k_or_checkpoint_is_refused_and_changes_nothing(prepared, cfe_checkpoint, tmp_path,
+                                                                            run_main):
+    """The script reruns cfe.encode --resume on an existing caches folder; caches of other settings must stay
+    as they are, with a one-line error."""
+    out = tmp_path / "caches"
+    argv = encode_argv(cfe_checkpoint, prepared.root, prepared.name, out) + ["--resume"]
+    assert run_main("cfe.encode", argv).code == 0
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    other = tmp_path / "other.pt"  # the same weights under another name: the setting compared is the path
+    other.write_bytes(cfe_checkpoint.read_bytes())
+    for option, value in (("--k", "5"), ("--checkpoint", str(other))):
+        changed = list(argv)
+        changed[changed.index(option) + 1] = value
+        r = run_main("cfe.encode", changed)
+        assert r.code == 2 and r.err.count("\n") == 1, r.err
+        assert r.err.startswith("error: --resume with settings that differ") and r.err.endswith(f": {option[2:]}\n")
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before, option
 
 
 def test_missing_val_and_test_are_optional(prepared, cfe_checkpoint, tmp_path):

@@ -52,14 +52,18 @@ def test_two_by_two_case_by_hand():
     assert k.grad is None and queue.grad is None
 
 
-def test_gradient_is_not_the_one_without_stop_gradient():
-    """The hand gradient must differ from the gradient through both factors, so the test above can tell them apart."""
+def test_gradient_is_the_stop_gradient_one_not_the_one_through_both_factors():
+    """cfe_loss's dloss/dq is the stop-gradient reference's and clearly not the gradient through both factors of
+    mu_n . mu_m (a cfe_loss that forgot the stop-gradient gives that one): the two differ on this input."""
     q = torch.tensor(Q, requires_grad=True)
-    mu = (q + torch.tensor(K)) / 2
+    cfe_loss(q, torch.tensor(K), torch.tensor(QUEUE), T).backward()
+    q_both = torch.tensor(Q, requires_grad=True)
+    mu = (q_both + torch.tensor(K)) / 2
     logits = mu @ torch.cat([mu, torch.tensor(QUEUE)]).T / T  # no stop-gradient on the right side
     torch.nn.functional.cross_entropy(logits, torch.arange(2)).backward()
     _, stop_grad = _reference(Q, K, QUEUE, T)
-    assert not np.allclose(q.grad.numpy(), stop_grad, atol=1e-3)
+    np.testing.assert_allclose(q.grad.numpy(), stop_grad, rtol=1e-10, atol=1e-12)
+    assert not np.allclose(q.grad.numpy(), q_both.grad.numpy(), atol=1e-3)
 
 
 @pytest.mark.parametrize("n,c,k,t", [(5, 3, 7, 0.2), (1, 4, 2, 1.0), (8, 16, 32, 0.07)])

@@ -206,12 +206,26 @@ def test_prepare_json_names_the_commit_the_run_started_with(tmp_path, monkeypatc
     assert load_json(tmp_path / "digits" / "prepare.json")["git_commit"] == "at-start"
 
 
+def shared_images(a: np.ndarray, b: np.ndarray) -> int:
+    """How many distinct images appear, byte for byte, in both image arrays (N,H,W,C)."""
+    def rows(X):  # each image as one opaque value of H*W*C bytes, so that numpy's set operations compare images
+        return np.ascontiguousarray(X).reshape(len(X), -1).view(np.dtype((np.void, X[0].nbytes))).ravel()
+
+    return len(np.intersect1d(rows(a), rows(b)))
+
+
 def test_real_omniglot_splits_are_disjoint(tmp_path, run_main):
     out = tmp_path / "omniglot"
     r = run_main("fewshot.datasets", ["omniglot", "--source", omniglot_archive(), "--out", out])
     assert r.code == 0, r.err
-    labels = {s: load_split(prepared_path(out, "omniglot", s)).Y for s in SPLITS}
+    splits = {s: load_split(prepared_path(out, "omniglot", s)) for s in SPLITS}
+    labels = {s: split.Y for s, split in splits.items()}
     assert_disjoint_classes(labels)
+    # the label ranges are disjoint by construction (train 0-1099, val 1100-1199, test 1200-1622), so the labels
+    # alone cannot show a leak: no drawing may appear in two splits either
+    for i, a in enumerate(SPLITS):
+        for b in SPLITS[i + 1:]:
+            assert shared_images(splits[a].X, splits[b].X) == 0, (a, b)
     assert [len(np.unique(y)) for y in labels.values()] == [1100, 100, 423]
     assert sum(len(np.unique(y)) for y in labels.values()) == len(np.unique(np.concatenate(list(labels.values()))))
     info = load_json(out / "prepare.json")

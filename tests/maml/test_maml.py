@@ -62,6 +62,18 @@ def rel_err(a, b):
     return ((a - b).norm() / b.norm()).item()
 
 
+def hand_adapted(model, xs, ys, steps, lr):
+    """The inner loop written out independently of `adapt`: on a detached copy of the initialisation, `steps`
+    times w <- w - lr * dCE(f_w(xs), ys)/dw. The model's batch norms use batch statistics in either mode, as in
+    `adapt`, and functional_call runs the model in its own (training) mode, as `adapt` does."""
+    w = {n: p.detach().clone().requires_grad_() for n, p in model.named_parameters()}
+    for _ in range(steps):
+        loss = F.cross_entropy(functional_call(model, w, (xs,)), ys)
+        grads = torch.autograd.grad(loss, list(w.values()))
+        w = {n: (p - lr * g).detach().requires_grad_() for (n, p), g in zip(w.items(), grads)}
+    return w
+
+
 def test_second_order_meta_gradient_matches_finite_differences():
     model, tasks = tiny_problem()
     analytic = meta_grad(model, tasks, first_order=False)
@@ -77,14 +89,41 @@ def test_first_order_gradient_is_fomaml_and_misses_the_second_order_term():
     # the second-order term is there: dropping it changes the gradient clearly
     assert rel_err(first, second) > 1e-3
     # FOMAML: the mean over tasks of the query-loss gradient at the adapted weights, applied to the initialisation
-    params = dict(model.named_parameters())
+    # (the adapted weights built by hand, so that a wrong inner loop cannot make its own expectation)
     expected = torch.zeros_like(first)
     for xs, ys, xq, yq in tasks:
-        adapted = adapt(model, params, xs, ys, STEPS, LR, create_graph=False)
+        adapted = hand_adapted(model, xs, ys, STEPS, LR)
         loss = F.cross_entropy(functional_call(model, adapted, (xq,)), yq)
         grads = torch.autograd.grad(loss, list(adapted.values()))
         expected += torch.cat([g.flatten() for g in grads]) / len(tasks)
     torch.testing.assert_close(first, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_adapt_and_meta_loss_match_the_inner_loop_written_out():
+    """adapt takes exactly `steps` SGD steps of size `lr`, and meta_loss is the mean query cross-entropy (and
+    accuracy) at those weights. The step size is not LR, so that a mutant's halved or doubled step shows."""
+    model, tasks = tiny_problem()
+    steps, lr = 2, 0.3
+    params = dict(model.named_parameters())
+    queries_ce, queries_acc = [], []
+    for xs, ys, xq, yq in tasks:
+        want = hand_adapted(model, xs, ys, steps, lr)
+        for create_graph in (True, False):
+            got = adapt(model, params, xs, ys, steps, lr, create_graph=create_graph)
+            assert list(got) == list(want)
+            for name in want:
+                torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-12)
+        # sanity: one step fewer lands far outside the 1e-12 tolerance above, so the comparison can tell steps apart
+        one_step = hand_adapted(model, xs, ys, steps - 1, lr)
+        assert max((one_step[n] - want[n]).abs().max().item() for n in want) > 1e-4
+        with torch.no_grad():
+            logits = functional_call(model, want, (xq,))
+        queries_ce.append(F.cross_entropy(logits, yq).item())
+        queries_acc.append((logits.argmax(1) == yq).double().mean().item())
+    for first_order in (False, True):
+        loss, acc = meta_loss(model, tasks, steps, lr, first_order=first_order)
+        assert loss.item() == pytest.approx(sum(queries_ce) / len(tasks), rel=1e-12, abs=1e-12)
+        assert acc == pytest.approx(sum(queries_acc) / len(tasks), abs=1e-6)  # meta_loss averages in float32
 
 
 def test_first_order_training_step_moves_the_weights():

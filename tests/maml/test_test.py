@@ -1,6 +1,7 @@
 """maml.test: results JSON, saved episodes evaluate to the same accuracy, episodes naming image files, errors."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,13 @@ def run_dir(tmp_path_factory):
     return out
 
 
+@pytest.fixture
+def own_run(run_dir, tmp_path):
+    """A copy of the run, results/ left out, for a test that writes the run's own result files: run_dir is shared
+    by the whole module, so what one test writes there would change what the next one finds."""
+    return shutil.copytree(run_dir, tmp_path / "own_run", ignore=shutil.ignore_patterns("results"))
+
+
 def evaluate_run(run_dir, *args):
     maml_test.main(["--run", str(run_dir), "--steps", "2", "--threads", "1", "--device", "cpu", *map(str, args)])
 
@@ -58,7 +66,7 @@ def saved(run_dir, tmp_path_factory):
     return d / "ep.json", results(d / "sampled.json")
 
 
-def test_results_json(saved, run_dir):
+def test_results_json(saved, own_run):
     _, res = saved
     assert res["tasks"] == 12 == len(res["per_task_accuracy"])
     assert 0.0 <= res["accuracy"] <= 1.0
@@ -70,8 +78,8 @@ def test_results_json(saved, run_dir):
     assert res["head"] == "trained (5 ways)" and res["seed"] == 0 and "1.96" in res["ci95_method"]
     assert "git_commit" in res and "versions" in res
     # the default output path
-    evaluate_run(run_dir, "--tasks", 3)
-    assert results(run_dir / "results" / "test_5w1s.json")["tasks"] == 3
+    evaluate_run(own_run, "--tasks", 3)
+    assert results(own_run / "results" / "test_5w1s.json")["tasks"] == 3
 
 
 def test_saved_episodes_round_trip(saved, tmp_path, run_dir):
@@ -154,7 +162,7 @@ def test_results_name_the_commit_the_test_started_with(run_dir, tmp_path, monkey
     assert results(tmp_path / "r.json")["git_commit"] == "at-start"
 
 
-def test_episodes_set_ways_and_shots_and_other_sources_keep_their_own_result_file(saved, run_dir, tmp_path):
+def test_episodes_set_ways_and_shots_and_other_sources_keep_their_own_result_file(saved, own_run, tmp_path):
     episodes, _ = saved
     doc = json.loads(episodes.read_text())
     for t in doc["tasks"]:  # the same tasks as 2-shot ones: each way's first query image joins its support
@@ -164,25 +172,24 @@ def test_episodes_set_ways_and_shots_and_other_sources_keep_their_own_result_fil
             t["support"].append(first)
     two_shot = tmp_path / "two_shot.json"
     two_shot.write_text(json.dumps(doc))
-    evaluate_run(run_dir, "--episodes", two_shot)  # no --shots: the file's tasks say 2
-    res = results(run_dir / "results" / "test_5w2s_two_shot.json")
+    evaluate_run(own_run, "--episodes", two_shot)  # no --shots: the file's tasks say 2
+    res = results(own_run / "results" / "test_5w2s_two_shot.json")
     assert res["ways"] == 5 and res["shots"] == 2 and res["queries"] == 4 and res["tasks"] == 12
     with pytest.raises(UserError, match="asks for 1"):
-        evaluate_run(run_dir, "--episodes", two_shot, "--shots", 1)
+        evaluate_run(own_run, "--episodes", two_shot, "--shots", 1)
     doc["tasks"][0]["support"].pop()  # one way with one support image, the others with two
     two_shot.write_text(json.dumps(doc))
     with pytest.raises(UserError, match="one number of ways and of support images"):
-        evaluate_run(run_dir, "--episodes", two_shot)
+        evaluate_run(own_run, "--episodes", two_shot)
     # the run's own test cache named with --cache: the usual file; another cache: its own file beside it
-    test_cache = Path(results(run_dir / "results" / "test_5w2s_two_shot.json")["cache"])
-    (run_dir / "results" / "test_5w1s.json").unlink(missing_ok=True)  # (written with other settings above)
-    evaluate_run(run_dir, "--cache", test_cache, "--tasks", 2)
-    assert results(run_dir / "results" / "test_5w1s.json")["tasks"] == 2
+    test_cache = Path(results(own_run / "results" / "test_5w2s_two_shot.json")["cache"])
+    evaluate_run(own_run, "--cache", test_cache, "--tasks", 2)
+    assert results(own_run / "results" / "test_5w1s.json")["tasks"] == 2
     other = tmp_path / "other_test.npz"
     other.write_bytes(test_cache.read_bytes())
-    evaluate_run(run_dir, "--cache", other, "--tasks", 4)
-    assert results(run_dir / "results" / "test_5w1s_other_test.json")["tasks"] == 4
-    assert results(run_dir / "results" / "test_5w1s.json")["tasks"] == 2
+    evaluate_run(own_run, "--cache", other, "--tasks", 4)
+    assert results(own_run / "results" / "test_5w1s_other_test.json")["tasks"] == 4
+    assert results(own_run / "results" / "test_5w1s.json")["tasks"] == 2
 
 
 def test_a_train_cache_without_the_train_suffix_needs_cache(run_dir, tmp_path):
@@ -196,17 +203,58 @@ def test_a_train_cache_without_the_train_suffix_needs_cache(run_dir, tmp_path):
     assert not (tmp_path / "r.json").exists()
 
 
-def test_other_checkpoints_get_their_own_result_file(run_dir):
+def test_the_training_split_is_refused_before_anything_is_written(own_run, tmp_path, run_main):
+    """Class splits must be disjoint: a test cache that is the train cache, or shares its classes, is refused."""
+    train = Path(json.loads((own_run / "config.json").read_text())["train_cache"])
+    saved = tmp_path / "ep.json"
+    res = run_main("maml.test", ["--run", own_run, "--cache", train, "--tasks", 2, "--steps", 1, "--threads", 1,
+                                 "--device", "cpu", "--save-episodes", saved])
+    assert res.code == 2 and res.err.strip() == f"error: {train} is the run's training split {train}; test on a " \
+                                                "split of other classes", res.err
+    assert not (own_run / "results").exists() and not saved.exists()
+    copy = tmp_path / "copy_test.npz"  # the same bytes under another name: all 10 training classes
+    copy.write_bytes(train.read_bytes())
+    with pytest.raises(UserError, match=rf"splits 'test {copy}' and 'training {train}' share 10 classes"):
+        evaluate_run(own_run, "--cache", copy, "--tasks", 2, "--save-episodes", saved)
+    # another file (the test images), labelled with training classes: 3 of the train split's 10 labels
+    test = load_split(train.with_name("toy_64_K_10_test.npz"))
+    shared = tmp_path / "shared_test.npz"
+    write_split(shared, test.X, test.Y - 500 + 7, cluster_label=test.labels)  # true labels 7..14: 7, 8, 9 trained
+    with pytest.raises(UserError, match=rf"splits 'test {shared}' and 'training {train}' share 3 classes"):
+        evaluate_run(own_run, "--cache", shared, "--tasks", 2, "--save-episodes", saved)
+    assert not (own_run / "results").exists() and not saved.exists()
+
+
+def test_a_train_cache_without_labels_or_gone_is_not_compared_by_labels(own_run, tmp_path, capsys):
+    """Upstream-written or label-free train caches have no Y: only the file comparison applies. A train cache that
+    is gone (a run folder copied without its caches) cannot be compared at all, and the test says so."""
+    cfg = json.loads((own_run / "config.json").read_text())
+    train = load_split(cfg["train_cache"])
+    test = load_split(maml_test.default_test_cache(cfg["train_cache"]))
+    shared = tmp_path / "shared_test.npz"  # labels that the train cache's Y would refuse: 0..7
+    write_split(shared, test.X, test.Y - 500, cluster_label=test.Y - 500)
+    label_free = tmp_path / "toy_64_K_10_train.npz"
+    save_npz(label_free, X=train.X, cluster_label=train.cluster_label)
+    (own_run / "config.json").write_text(json.dumps({**cfg, "train_cache": str(label_free)}))
+    evaluate_run(own_run, "--cache", shared, "--tasks", 2, "--output", tmp_path / "r.json")
+    assert results(tmp_path / "r.json")["tasks"] == 2
+    label_free.unlink()
+    capsys.readouterr()
+    evaluate_run(own_run, "--cache", shared, "--tasks", 2, "--output", tmp_path / "r.json")
+    assert f"warning: {label_free}: not found; cannot check that {shared} shares no classes" in capsys.readouterr().err
+
+
+def test_other_checkpoints_get_their_own_result_file(own_run):
     """--checkpoint last (or a snapshot) is not the run's selected model: its result must not replace the run's."""
-    evaluate_run(run_dir, "--tasks", 2)
-    evaluate_run(run_dir, "--tasks", 3, "--checkpoint", "last")
-    res = results(run_dir / "results" / "test_5w1s_last.json")
+    evaluate_run(own_run, "--tasks", 2)
+    evaluate_run(own_run, "--tasks", 3, "--checkpoint", "last")
+    res = results(own_run / "results" / "test_5w1s_last.json")
     assert res["tasks"] == 3 and res["model_selection"] == "last checkpoint, not the run's selection"
-    assert results(run_dir / "results" / "test_5w1s.json")["tasks"] == 2
-    (run_dir / "results" / "test_5w1s.json").unlink()  # (a result with other settings is not replaced)
-    evaluate_run(run_dir, "--tasks", 4, "--checkpoint", run_dir / "checkpoints" / "best.pt")  # the selection itself
-    assert results(run_dir / "results" / "test_5w1s.json")["tasks"] == 4
-    assert results(run_dir / "results" / "test_5w1s.json")["model_selection"] == "last epoch (no val split)"
+    assert results(own_run / "results" / "test_5w1s.json")["tasks"] == 2
+    (own_run / "results" / "test_5w1s.json").unlink()  # (a result with other settings is not replaced)
+    evaluate_run(own_run, "--tasks", 4, "--checkpoint", own_run / "checkpoints" / "best.pt")  # the selection itself
+    assert results(own_run / "results" / "test_5w1s.json")["tasks"] == 4
+    assert results(own_run / "results" / "test_5w1s.json")["model_selection"] == "last epoch (no val split)"
 
 
 def strict_json(path):
@@ -273,15 +321,15 @@ def test_weights_that_do_not_fit_are_refused_before_anything_is_written(run_dir,
     assert not (tmp_path / "ep.json").exists() and not (tmp_path / "r.json").exists()
 
 
-def test_a_result_with_other_settings_is_not_replaced(saved, run_dir, tmp_path, monkeypatch):
+def test_a_result_with_other_settings_is_not_replaced(saved, own_run, tmp_path, monkeypatch):
     """Two caches with one file name map to one result name: the second test must not replace the first's."""
     _, sampled = saved
     first, second = tmp_path / "a" / "clash_test.npz", tmp_path / "b" / "clash_test.npz"
     for path in (first, second):
         path.parent.mkdir()
         path.write_bytes(Path(sampled["cache"]).read_bytes())
-    out = run_dir / "results" / "test_5w1s_clash_test.json"
-    evaluate_run(run_dir, "--cache", first, "--tasks", 3)
+    out = own_run / "results" / "test_5w1s_clash_test.json"
+    evaluate_run(own_run, "--cache", first, "--tasks", 3)
     before = out.read_text()
     evaluate = maml_test.evaluate
     monkeypatch.setattr(maml_test, "evaluate", lambda *a, **k: pytest.fail("refused only after evaluating"))
@@ -294,17 +342,20 @@ def test_a_result_with_other_settings_is_not_replaced(saved, run_dir, tmp_path, 
         args = [*extra, "--tasks", 3, "--save-episodes", tmp_path / "ep.json"]
         if message is None:
             monkeypatch.setattr(maml_test, "evaluate", evaluate)
-            evaluate_run(run_dir, *args)
+            evaluate_run(own_run, *args)
+            last = results(own_run / "results" / "test_5w1s_clash_test_last.json")
+            assert last["tasks"] == 3 and last["model_selection"] == "last checkpoint, not the run's selection"
+            assert out.read_text() == before
             continue
         with pytest.raises(UserError, match=message):
-            evaluate_run(run_dir, *args)
+            evaluate_run(own_run, *args)
         assert out.read_text() == before and not (tmp_path / "ep.json").exists()
     with pytest.raises(UserError, match=r"tasks 3 -> 4"):
-        evaluate_run(run_dir, "--cache", first, "--tasks", 4)
+        evaluate_run(own_run, "--cache", first, "--tasks", 4)
     # the same settings again (another spelling of the same path) replace it; --output writes the other elsewhere
-    evaluate_run(run_dir, "--cache", first.parent / ".." / "a" / first.name, "--tasks", 3)
+    evaluate_run(own_run, "--cache", first.parent / ".." / "a" / first.name, "--tasks", 3)
     assert results(out)["cache"] != json.loads(before)["cache"]
-    evaluate_run(run_dir, "--cache", second, "--tasks", 3, "--output", tmp_path / "second.json")
+    evaluate_run(own_run, "--cache", second, "--tasks", 3, "--output", tmp_path / "second.json")
     assert results(tmp_path / "second.json")["cache"] == str(second)
 
 

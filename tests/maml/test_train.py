@@ -1,5 +1,6 @@
-"""maml.train: an interrupted and resumed run equals an uninterrupted one bit for bit (PEM on), and the
-first-order option trains."""
+"""maml.train: an interrupted and resumed run equals an uninterrupted one bit for bit (PEM on), PEM adapts the
+evaluation model of the previous epoch's end, the train cache's true labels are not needed, and the first-order
+option trains."""
 
 import json
 from pathlib import Path
@@ -8,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from fewshot.data import write_split
+from fewshot.data import load_split, write_split
+from fewshot.errors import UserError
 from fewshot.io import read_jsonl, save_npz
 from fewshot.runtime import seed_everything
 from maml import train as maml_train
 from maml.maml import MAMLNet
+from tests.conftest import files_under
 
 SIDE, N_CLUSTERS, PER_CLUSTER = 16, 10, 12
 
@@ -29,7 +32,7 @@ def toy_caches(root: Path, seed=0) -> dict:
         return x, y
 
     x, pseudo = images(N_CLUSTERS, PER_CLUSTER)
-    true = rng.permutation(len(pseudo)) % 7  # hidden truth: never read by maml.train
+    true = rng.permutation(len(pseudo)) % 7  # hidden truth: never read by maml.train (a cache without it trains)
     paths = {"train": root / f"toy_64_K_{N_CLUSTERS}_train.npz", "val": root / f"toy_64_K_{N_CLUSTERS}_val.npz",
              "clusters": root / f"toy_64_K_{N_CLUSTERS}_train_clusters.npz"}
     write_split(paths["train"], x, true, cluster_label=pseudo, index=np.arange(len(x)))
@@ -109,6 +112,77 @@ def test_resume_is_bit_identical(caches, straight, tmp_path):
     assert cfg["pem"] is True and cfg["pem_eta"] == 0 and "git_commit" in cfg and "versions" in cfg
 
 
+def test_a_run_killed_while_saving_resumes_to_the_uninterrupted_result(caches, straight, tmp_path, monkeypatch):
+    """Killed inside an epoch's writes (after metrics.jsonl and maybe best.pt, before last.pt), not at a clean
+    epoch boundary: the resume redoes that epoch from the previous last.pt, logs it once and ends as a whole run."""
+    out, save = tmp_path / "run", maml_train.save_checkpoint
+
+    def killed_at_epoch_2s_last_pt(path, kind, **state):
+        if path.name == "last.pt" and state["epoch"] == 2:
+            raise KeyboardInterrupt
+        save(path, kind, **state)
+
+    monkeypatch.setattr(maml_train, "save_checkpoint", killed_at_epoch_2s_last_pt)
+    with pytest.raises(KeyboardInterrupt):
+        run(caches, out)
+    assert load(out)["epoch"] == 1 and [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2]
+    monkeypatch.setattr(maml_train, "save_checkpoint", save)
+    run(caches, out, "--resume")
+    for name in ("last", "best"):
+        a, b = load(straight, name), load(out, name)
+        assert a.keys() == b.keys()
+        for key in a.keys() - {"config", "provenance"}:  # (config and provenance name other paths)
+            assert_same(a[key], b[key], f"{name}/{key}")
+    rows_a, rows_b = read_jsonl(straight / "metrics.jsonl"), read_jsonl(out / "metrics.jsonl")
+    assert [r["epoch"] for r in rows_b] == [1, 2, 3]
+    for ra, rb in zip(rows_a, rows_b):
+        ra.pop("seconds"), rb.pop("seconds")
+        assert ra == rb
+
+
+def test_pem_adapts_the_evaluation_model_of_the_previous_epochs_end(caches, tmp_path, monkeypatch):
+    """During epoch e every PEM adaptation starts from the weights the model had at the end of epoch e-1 (the
+    initialisation in epoch 1), not from the live model, which moves after every meta-batch."""
+    events, adapt, meta_loss = [], maml_train.adapt, maml_train.meta_loss
+
+    def recording_adapt(model, params, *args, **kwargs):  # in maml.train, only PEM's evaluation model is adapted
+        events.append(("eval", {n: p.detach().clone() for n, p in params.items()}))
+        return adapt(model, params, *args, **kwargs)
+
+    def recording_meta_loss(model, *args, **kwargs):
+        events.append(("live", {n: p.detach().clone() for n, p in model.named_parameters()}))
+        return meta_loss(model, *args, **kwargs)
+
+    monkeypatch.setattr(maml_train, "adapt", recording_adapt)
+    monkeypatch.setattr(maml_train, "meta_loss", recording_meta_loss)
+    out = tmp_path / "run"
+    run(caches, out, "--pem-warmup", 0, "--save-every", 1)  # eta 0: PEM rebuilds every meta-batch from epoch 1
+    # 3 epochs x 3 meta-batches, each: one adaptation per task (meta-batch 2), then the meta-loss of the live model
+    assert [kind for kind, _ in events] == ["eval", "eval", "live"] * 9
+    ends = [init_state(), load(out, "epoch_0001")["model"], load(out, "epoch_0002")["model"]]
+    for batch in range(9):
+        epoch, live = batch // 3, events[3 * batch + 2][1]
+        for _, used in events[3 * batch: 3 * batch + 2]:
+            assert used.keys() == live.keys()
+            assert_same(used, {n: ends[epoch][n] for n in used}, f"meta-batch {batch % 3} of epoch {epoch + 1}")
+            if batch % 3:  # the live model has trained on since the epoch began: the check tells the two apart
+                assert any(not torch.equal(used[n], live[n]) for n in used)
+
+
+def test_a_train_cache_without_true_labels_trains_with_pem(caches, straight, tmp_path):
+    """Training reads the train cache's X and cluster_label only: a cache without Y trains (PEM on), and to the
+    very weights of the run whose cache has Y."""
+    train = load_split(caches["train"])
+    bare = dict(caches, train=tmp_path / "bare_train.npz")
+    save_npz(bare["train"], X=train.X, cluster_label=train.cluster_label, index=train.index)
+    assert "Y" not in np.load(bare["train"]).files
+    run(bare, tmp_path / "run", "--clusters", caches["clusters"])
+    a, b = load(straight), load(tmp_path / "run")
+    for key in ("model", "eval_model", "optimizer", "best_acc", "epoch"):
+        assert_same(a[key], b[key], key)
+    assert [r["pem_rebuilt_batches"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [0, 3, 3]
+
+
 def test_pem_changes_the_training(caches, straight, tmp_path):
     """Without PEM the run ends elsewhere: PEM's rebuilt queries are what the resume test had to reproduce."""
     out = tmp_path / "nopem"
@@ -131,15 +205,22 @@ def test_first_order_trains_and_differs_from_second_order(caches, straight, tmp_
     assert not torch.equal(load(so)["model"]["classifier.weight"], ckpt["model"]["classifier.weight"])
 
 
-def test_resume_with_changed_settings_is_refused(caches, straight, tmp_path):
-    from fewshot.errors import UserError
+def contents(root) -> tuple:
+    """Every file below root: names, sizes and times (files_under), and bytes."""
+    return files_under(root), {str(p.relative_to(root)): p.read_bytes() for p in Path(root).rglob("*") if p.is_file()}
 
+
+def test_resume_with_changed_settings_is_refused_and_leaves_the_run_as_it_was(caches, straight, tmp_path):
     out = tmp_path / "run"
     run(caches, out, "--halt-after", "1")
+    before = contents(out)
+    assert {"config.json", "invocations.jsonl", "metrics.jsonl", "checkpoints/last.pt"} <= before[1].keys()
     with pytest.raises(UserError, match="inner_lr"):
         run(caches, out, "--resume", "--inner-lr", "0.2")
+    assert contents(out) == before
     with pytest.raises(UserError, match="already holds a run"):
         run(caches, out)
+    assert contents(out) == before
 
 
 def test_validation_adapts_with_the_training_steps_unless_told(caches, tmp_path):
@@ -155,8 +236,6 @@ def test_validation_adapts_with_the_training_steps_unless_told(caches, tmp_path)
 
 def test_supervised_baseline_trains_on_the_true_labels(caches, tmp_path):
     """--supervised is the pseudo-label run on a cache whose cluster labels are the true ones, bit for bit."""
-    from fewshot.data import load_split
-
     train = load_split(caches["train"])
     relabelled = dict(caches, train=tmp_path / "truth_train.npz")
     write_split(relabelled["train"], train.X, train.Y, cluster_label=train.Y)
@@ -214,8 +293,6 @@ def test_impossible_rates_are_usage_errors_before_anything_is_written(caches, tm
 
 def test_centres_without_images_are_refused_before_anything_is_written(caches, tmp_path):
     """Upstream or hand-made caches may keep a centre no image belongs to; PEM would crash on it once it starts."""
-    from fewshot.errors import UserError
-
     centres = np.load(caches["clusters"])["cluster_centers"]
     extra = np.concatenate([centres, centres[:2] + 1])  # clusters 10 and 11 have no members
     save_npz(tmp_path / "more_clusters.npz", cluster_centers=extra)
@@ -230,8 +307,6 @@ def test_centres_without_images_are_refused_before_anything_is_written(caches, t
     (8, 8, r"wide_train\.npz: 8x8 images are too small for the 4-block network"),
 ])
 def test_non_square_or_tiny_images_are_refused_before_anything_is_written(tmp_path, h, w, message):
-    from fewshot.errors import UserError
-
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(N_CLUSTERS), 8)
     x = rng.integers(0, 256, size=(len(y), h, w, 1), dtype=np.uint8)
@@ -246,8 +321,6 @@ def test_non_square_or_tiny_images_are_refused_before_anything_is_written(tmp_pa
 
 
 def test_non_finite_loss_names_a_checkpoint_only_when_there_is_one(caches, tmp_path, monkeypatch):
-    from fewshot.errors import UserError
-
     meta_loss, calls = maml_train.meta_loss, []
 
     def nan_from(call):
