@@ -11,7 +11,7 @@ names (results/test_{ways}w{shots}s_{cache}_{checkpoint}.json), so they never re
 An existing result file is replaced only by a test with the same settings (caches with one file name share a
 result name: pass --output for the other). With --episodes, ways and shots are the file's, and a file saved with
 --save-episodes must be evaluated on the split it was drawn from. A test cache that is the run's train cache, or
-shares classes (true labels) with it, is refused.
+shares classes (true labels) with it, is refused unless --allow-seen-classes.
 """
 
 import argparse
@@ -52,6 +52,9 @@ def get_parser():
     p.add_argument("--steps", type=positive_int, default=50, help="adaptation steps")
     p.add_argument("--inner-lr", type=positive_float, help="adaptation step size (default: the training run's)")
     p.add_argument("--seed", type=seed_int, default=0, help="seed of the sampled tasks (0 .. 2**31 - 1)")
+    p.add_argument("--allow-seen-classes", action="store_true",
+                   help="test on a cache that shares classes with the run's train cache (their labels were never "
+                        "read in training), as upstream's protocol does; the result records how many")
     p.add_argument("--save-episodes", help="write the sampled tasks to this JSON file")
     p.add_argument("--episodes", help="evaluate the tasks of this JSON file instead of sampling")
     p.add_argument("--output", help="results JSON (default: RUN/results/test_{ways}w{shots}s.json, with _NAME "
@@ -105,22 +108,29 @@ def check_output(out: Path, settings: dict) -> None:
                         "to write this one elsewhere (or delete that file)")
 
 
-def refuse_training_classes(cache: str, test_labels: np.ndarray, train_cache: str) -> None:
+def training_classes_in(cache: str, test_labels: np.ndarray, train_cache: str, allow: bool) -> int | None:
     """Class splits must be disjoint: tasks drawn from the classes the run trained on measure memory, not
     few-shot learning. Refuse a test cache that is the run's train cache itself, or whose true labels Y meet the
-    train cache's (a copy of the train cache among them). Meta-test is no training step, so it may read those
-    labels; a train cache without them (upstream-written or label-free) is compared by path only.
+    train cache's (a copy of the train cache among them), unless `allow` (--allow-seen-classes, for protocols
+    such as upstream's, whose test characters overlap the train split). Meta-test is no training step, so it may
+    read those labels. Returns how many of the cache's classes the run trained on, recorded with the result; None
+    when the train cache has no labels (upstream-written or label-free) or is gone.
     NOTE: labels are compared as the class ids of one dataset, as every cache written here numbers them; a cache
-    of another dataset whose ids happen to overlap would be refused too."""
+    of another dataset whose ids happen to overlap is refused too (--allow-seen-classes lets it through)."""
     train = Path(train_cache)
     if not train.is_file():  # e.g. a run folder copied without its caches: say that nothing was checked
         print(f"warning: {train_cache}: not found; cannot check that {cache} shares no classes with the run's "
               "training split", file=sys.stderr)
-        return
-    if Path(cache).resolve() == train.resolve():
-        raise UserError(f"{cache} is the run's training split {train_cache}; test on a split of other classes")
-    if "Y" in array_names(train):
-        assert_disjoint_classes({f"test {cache}": test_labels, f"training {train_cache}": load_array(train, "Y")})
+        return None
+    if Path(cache).resolve() == train.resolve() and not allow:
+        raise UserError(f"{cache} is the run's training split {train_cache}; test on a split of other classes "
+                        "(or pass --allow-seen-classes)")
+    if "Y" not in array_names(train):
+        return None
+    train_labels = load_array(train, "Y")
+    if not allow:
+        assert_disjoint_classes({f"test {cache}": test_labels, f"training {train_cache}": train_labels})
+    return int(len(np.intersect1d(test_labels, train_labels)))
 
 
 def checkpoint_path(run: Path, name: str) -> Path:
@@ -196,7 +206,7 @@ def main(argv=None):
         rng = np.random.default_rng(epoch_seed(args.seed, 0, stream=11))
         tasks = [sampler.sample(rng) for _ in range(args.tasks)]
         source = f"{args.tasks} tasks sampled with seed {args.seed}"
-    refuse_training_classes(cache, split.Y, cfg["train_cache"])
+    seen_classes = training_classes_in(cache, split.Y, cfg["train_cache"], args.allow_seen_classes)
     model, head = build_model(ckpt, arch, ways, ckpt_path, device)  # weights that do not fit fail before writing
     settings = {"cache": cache, "episodes": source, "checkpoint": str(ckpt_path),
                 "seed": None if args.episodes else args.seed, "tasks": len(tasks), "ways": ways, "shots": shots,
@@ -212,8 +222,8 @@ def main(argv=None):
     accs = evaluate(model, torch.from_numpy(X), tasks, args.steps, inner_lr, device,
                     f"test {ways}-way {shots}-shot")
     mean, ci = mean_ci95(accs)
-    result = {**settings, "accuracy": mean, "ci95": ci, "ci95_method": CI95_METHOD, "head": head,
-              "checkpoint_epoch": ckpt["epoch"], "model_selection": selection,
+    result = {**settings, "accuracy": mean, "ci95": ci, "ci95_method": CI95_METHOD, "seen_classes": seen_classes,
+              "head": head, "checkpoint_epoch": ckpt["epoch"], "model_selection": selection,
               "seconds": round(time.time() - t0, 1), "per_task_accuracy": accs, **prov}
     save_json(out, result)
     acc = f"{100 * mean:.2f} ± {100 * ci:.2f} %" if ci is not None else f"{100 * mean:.2f} % (no interval)"

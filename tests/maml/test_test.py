@@ -210,7 +210,7 @@ def test_the_training_split_is_refused_before_anything_is_written(own_run, tmp_p
     res = run_main("maml.test", ["--run", own_run, "--cache", train, "--tasks", 2, "--steps", 1, "--threads", 1,
                                  "--device", "cpu", "--save-episodes", saved])
     assert res.code == 2 and res.err.strip() == f"error: {train} is the run's training split {train}; test on a " \
-                                                "split of other classes", res.err
+                                                "split of other classes (or pass --allow-seen-classes)", res.err
     assert not (own_run / "results").exists() and not saved.exists()
     copy = tmp_path / "copy_test.npz"  # the same bytes under another name: all 10 training classes
     copy.write_bytes(train.read_bytes())
@@ -225,6 +225,16 @@ def test_the_training_split_is_refused_before_anything_is_written(own_run, tmp_p
     assert not (own_run / "results").exists() and not saved.exists()
 
 
+def test_seen_classes_are_tested_when_allowed_and_counted(own_run, tmp_path):
+    """--allow-seen-classes measures protocols whose test classes overlap the train split (upstream's); the result
+    says how many of its classes the run trained on (none for the run's own test split)."""
+    train = json.loads((own_run / "config.json").read_text())["train_cache"]
+    evaluate_run(own_run, "--cache", train, "--tasks", 2, "--allow-seen-classes", "--output", tmp_path / "seen.json")
+    assert results(tmp_path / "seen.json")["seen_classes"] == 10 and results(tmp_path / "seen.json")["tasks"] == 2
+    evaluate_run(own_run, "--tasks", 2, "--output", tmp_path / "unseen.json")
+    assert results(tmp_path / "unseen.json")["seen_classes"] == 0
+
+
 def test_a_train_cache_without_labels_or_gone_is_not_compared_by_labels(own_run, tmp_path, capsys):
     """Upstream-written or label-free train caches have no Y: only the file comparison applies. A train cache that
     is gone (a run folder copied without its caches) cannot be compared at all, and the test says so."""
@@ -237,7 +247,7 @@ def test_a_train_cache_without_labels_or_gone_is_not_compared_by_labels(own_run,
     save_npz(label_free, X=train.X, cluster_label=train.cluster_label)
     (own_run / "config.json").write_text(json.dumps({**cfg, "train_cache": str(label_free)}))
     evaluate_run(own_run, "--cache", shared, "--tasks", 2, "--output", tmp_path / "r.json")
-    assert results(tmp_path / "r.json")["tasks"] == 2
+    assert results(tmp_path / "r.json")["tasks"] == 2 and results(tmp_path / "r.json")["seen_classes"] is None
     label_free.unlink()
     capsys.readouterr()
     evaluate_run(own_run, "--cache", shared, "--tasks", 2, "--output", tmp_path / "r.json")
