@@ -146,6 +146,11 @@ def files_under(root) -> dict:
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
 
 
+def file_bytes(root) -> dict:
+    """{relative path: bytes} of every file below root: what files_under's sizes and times cannot prove unchanged."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in Path(root).rglob("*") if p.is_file()}
+
+
 @pytest.fixture
 def fake_git(monkeypatch):
     """git_commit() answers whatever `head["commit"]` holds; provenance's captured value is cleared around the test."""

@@ -16,7 +16,7 @@ from cfe.train import load_cfe
 from fewshot.data import load_array, load_pseudo_labels, load_split, prepared_path, write_split
 from fewshot.errors import UserError
 from fewshot.io import atomic_path, load_json, read_jsonl, save_npz
-from tests.conftest import ENCODE_K, ENCODE_MIN, files_under
+from tests.conftest import ENCODE_K, ENCODE_MIN, file_bytes, files_under
 
 
 def encode_argv(checkpoint, data_dir, dataset, out):
@@ -106,7 +106,7 @@ def test_rerun_needs_resume_and_labels_do_not_depend_on_the_true_train_labels(en
 
 def assert_same_caches(a, b):
     """Two cache folders hold the same arrays, metas and encode.json, but for the fields two runs of the same
-    settings may differ in: the seconds taken and the git commit of the code (other helpers edit the tree)."""
+    settings may differ in: the seconds taken and the git commit of the code (a "-dirty" suffix comes and goes)."""
     def contents(out) -> dict:
         strip = {"seconds", "git_commit"}
         found = {"encode.json": {k: v for k, v in load_json(out / "encode.json").items() if k not in strip}}
@@ -167,7 +167,7 @@ def test_resume_with_another_k_or_checkpoint_is_refused_and_changes_nothing(prep
     out = tmp_path / "caches"
     argv = encode_argv(cfe_checkpoint, prepared.root, prepared.name, out) + ["--resume"]
     assert run_main("cfe.encode", argv).code == 0
-    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    before = file_bytes(out)
     other = tmp_path / "other.pt"  # the same weights under another name: the setting compared is the path
     other.write_bytes(cfe_checkpoint.read_bytes())
     for option, value in (("--k", "5"), ("--checkpoint", str(other))):
@@ -176,7 +176,7 @@ def test_resume_with_another_k_or_checkpoint_is_refused_and_changes_nothing(prep
         r = run_main("cfe.encode", changed)
         assert r.code == 2 and r.err.count("\n") == 1, r.err
         assert r.err.startswith("error: --resume with settings that differ") and r.err.endswith(f": {option[2:]}\n")
-        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before, option
+        assert file_bytes(out) == before, option
 
 
 def test_missing_val_and_test_are_optional(prepared, cfe_checkpoint, tmp_path):

@@ -15,7 +15,7 @@ from fewshot.io import read_jsonl, save_npz
 from fewshot.runtime import seed_everything
 from maml import train as maml_train
 from maml.maml import MAMLNet
-from tests.conftest import files_under
+from tests.conftest import file_bytes, files_under
 
 SIDE, N_CLUSTERS, PER_CLUSTER = 16, 10, 12
 
@@ -207,7 +207,7 @@ def test_first_order_trains_and_differs_from_second_order(caches, straight, tmp_
 
 def contents(root) -> tuple:
     """Every file below root: names, sizes and times (files_under), and bytes."""
-    return files_under(root), {str(p.relative_to(root)): p.read_bytes() for p in Path(root).rglob("*") if p.is_file()}
+    return files_under(root), file_bytes(root)
 
 
 def test_resume_with_changed_settings_is_refused_and_leaves_the_run_as_it_was(caches, straight, tmp_path):
