@@ -208,6 +208,9 @@ def main(argv=None):
                                                                  args.inner_lr, device, "val"))
         row["seconds"] = round(time.time() - t0, 2)  # training and validation
         score = row.get("val_acc", float(epoch))  # without a val split the latest epoch wins
+        # NOTE: on equal val accuracy the later epoch wins; upstream train_un_maml_pem.py keeps the earlier one
+        # (`best_value < ...`): the later model has meta-trained longer. Ties are rare (7,500 val queries by default);
+        # none of the runs in results/ had one.
         improved = score >= best_acc
         best_acc = max(best_acc, score)
         log.write(**row)

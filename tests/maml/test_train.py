@@ -1,6 +1,6 @@
 """maml.train: an interrupted and resumed run equals an uninterrupted one bit for bit (PEM on), PEM adapts the
-evaluation model of the previous epoch's end, the train cache's true labels are not needed, and the first-order
-option trains."""
+evaluation model of the previous epoch's end, the train cache's true labels are not needed, the first-order
+option trains, and best.pt holds the epoch of highest val accuracy."""
 
 import json
 from pathlib import Path
@@ -270,6 +270,19 @@ def test_snapshots_are_what_a_shorter_run_ends_with(caches, straight, tmp_path):
     run(caches, mid, "--resume", "--save-every", 1)
     assert snapshots(mid) == ["epoch_0002.pt", "epoch_0003.pt"]
     assert_same(load(mid)["model"], load(straight)["model"])
+
+
+def test_best_is_the_epoch_of_highest_val_accuracy_the_later_on_ties(caches, tmp_path, monkeypatch):
+    """best.pt holds the model of the epoch with the highest val accuracy; of equal ones, the later (as RESULTS.md's
+    selection commands assume)."""
+    val_accs = iter([0.5, 0.7, 0.7, 0.6])
+    monkeypatch.setattr(maml_train, "evaluate", lambda *args: np.full(5, next(val_accs)))
+    out = tmp_path / "run"
+    run(caches, out, "--epochs", 4, "--save-every", 1)
+    assert [row["val_acc"] for row in read_jsonl(out / "metrics.jsonl")] == pytest.approx([0.5, 0.7, 0.7, 0.6])
+    best = load(out, "best")
+    assert best["epoch"] == 3 and best["best_acc"] == pytest.approx(0.7)
+    assert_same(best["model"], load(out, "epoch_0003")["model"])
 
 
 @pytest.mark.parametrize("option, value, kind", [
