@@ -65,6 +65,23 @@ def get_parser():
     return p
 
 
+def recorded_path(run: Path, cfg: dict, value: str) -> str:
+    """A relative path from the run's config.json, which training recorded as typed, relative to the directory it
+    was started in. When the path does not exist from here, it is tried from that directory: the one from which
+    the config's `out` names this run folder (so a test may start anywhere, and a folder moved with its caches
+    still finds them)."""
+    path, out = Path(value), Path(cfg.get("out", ""))
+    if path.is_absolute() or path.exists() or out.is_absolute() or ".." in out.parts:
+        return value
+    parts = run.resolve().parts
+    n = len(out.parts)
+    if 0 < n < len(parts) and parts[-n:] == out.parts:
+        found = Path(*parts[:-n]) / path
+        if found.exists():
+            return str(found)
+    return value
+
+
 def default_test_cache(train_cache: str) -> str | None:
     """The test cache written beside a train cache (`..._train.npz` -> `..._test.npz`); None for other names."""
     return train_cache[:-len("_train.npz")] + "_test.npz" if train_cache.endswith("_train.npz") else None
@@ -184,9 +201,11 @@ def main(argv=None):
     arch = checked_arch(ckpt, ckpt_path)
     selection = ckpt["selection"] if selected else f"{ckpt_path.stem} checkpoint, not the run's selection"
 
+    train_cache = recorded_path(run, cfg, cfg["train_cache"])
     own = default_test_cache(cfg["train_cache"])  # the run's own test split
     if not (args.cache or own):
         raise UserError(f"{cfg['train_cache']}: cannot tell which test cache goes with this train cache; pass --cache")
+    own = own and recorded_path(run, cfg, own)
     cache = args.cache or own
     elsewhere = args.episodes or (None if own and Path(cache).resolve() == Path(own).resolve() else cache)
     split = load_split(cache)
@@ -206,7 +225,7 @@ def main(argv=None):
         rng = np.random.default_rng(epoch_seed(args.seed, 0, stream=11))
         tasks = [sampler.sample(rng) for _ in range(args.tasks)]
         source = f"{args.tasks} tasks sampled with seed {args.seed}"
-    seen_classes = training_classes_in(cache, split.Y, cfg["train_cache"], args.allow_seen_classes)
+    seen_classes = training_classes_in(cache, split.Y, train_cache, args.allow_seen_classes)
     model, head = build_model(ckpt, arch, ways, ckpt_path, device)  # weights that do not fit fail before writing
     settings = {"cache": cache, "episodes": source, "checkpoint": str(ckpt_path),
                 "seed": None if args.episodes else args.seed, "tasks": len(tasks), "ways": ways, "shots": shots,

@@ -376,3 +376,24 @@ def test_inner_lr_must_be_a_positive_number(run_dir, tmp_path, capsys):
         assert info.value.code == 2
         assert f"argument --inner-lr: invalid positive_float value: '{value}'" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_run_finds_its_relative_caches_from_any_directory_and_after_a_move(run_dir, tmp_path, monkeypatch):
+    """config.json records the paths as typed, relative to where training started; maml.test, started elsewhere
+    or on a moved folder, finds them from the directory whose `out` names the run."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    (work / "caches").mkdir(parents=True)
+    elsewhere.mkdir()
+    for name in ("toy_64_K_10_train.npz", "toy_64_K_10_train_clusters.npz", "toy_64_K_10_test.npz"):
+        shutil.copy(run_dir.parent / name, work / "caches" / name)
+    monkeypatch.chdir(work)
+    maml_train.main(["--train-cache", "caches/toy_64_K_10_train.npz", "--out", "runs/r", "--epochs", "1",
+                     "--batches-per-epoch", "1", "--meta-batch", "2", "--hidden", "8", "--no-pem", "--threads", "1",
+                     "--device", "cpu"])
+    monkeypatch.chdir(elsewhere)
+    for move_first in (False, True):
+        root = Path(shutil.move(work, tmp_path / "moved")) if move_first else work
+        evaluate_run(root / "runs" / "r", "--tasks", 3, "--output", tmp_path / f"res{move_first}.json")
+        res = results(tmp_path / f"res{move_first}.json")
+        assert Path(res["cache"]).resolve() == (root / "caches" / "toy_64_K_10_test.npz").resolve()
+        assert res["seen_classes"] == 0  # the train cache was found, so the class check ran
