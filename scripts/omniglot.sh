@@ -14,11 +14,14 @@ set -euo pipefail
 # The rest is one { ...; exit; } block: bash reads it whole before running it, so this file can be edited (say,
 # for the next run's variables) while a long run is going without corrupting that run.
 {
+# The input is found from where the command was typed; the folders written (DATA_DIR, RUN_DIR, MAML_DIR), when
+# relative, are inside the repository, where the script runs.
+OMNIGLOT_SOURCE=${OMNIGLOT_SOURCE:-}      # omniglot.tar.xz, a folder of omniglot_cache_*.npz or of the official
+                                          # zips; unset: download the official zips
+[[ -z $OMNIGLOT_SOURCE || $OMNIGLOT_SOURCE == /* ]] || OMNIGLOT_SOURCE=$PWD/$OMNIGLOT_SOURCE
 cd "$(dirname "$0")/.."
 
 PRESET=${PRESET:-quick}                   # quick | paper
-OMNIGLOT_SOURCE=${OMNIGLOT_SOURCE:-}      # omniglot.tar.xz, a folder of omniglot_cache_*.npz or of the official
-                                          # zips; unset: download the official zips
 DATA_DIR=${DATA_DIR:-data/omniglot}       # prepared omniglot_cache_{train,val,test}.npz
 RUN_DIR=${RUN_DIR:-runs/omniglot-$PRESET}
 SEED=${SEED:-0}

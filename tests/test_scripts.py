@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(tmp_path, prepared=True, **env):
+def run_script(tmp_path, prepared=True, cwd=None, **env):
     """Run scripts/omniglot.sh with a recording stub for Python; returns (exit code, stderr, [(module, args)]),
     one entry per call in the order made (maml.test runs once per number of shots).
 
@@ -28,7 +28,8 @@ def run_script(tmp_path, prepared=True, **env):
     if prepared:
         (data / "prepare.json").touch()  # the data stage sees prepared data and is skipped
     full_env = {**os.environ, "PYTHON": str(stub), "DATA_DIR": str(data), "RUN_DIR": str(tmp_path / "run"), **env}
-    r = subprocess.run(["bash", str(ROOT / "scripts" / "omniglot.sh")], env=full_env, capture_output=True, text=True)
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "omniglot.sh")], env=full_env, capture_output=True, text=True,
+                       cwd=cwd)
     calls = []
     for line in log.read_text().splitlines() if log.exists() else []:
         module, *args = line.split()[1:]  # "-m module args..."
@@ -134,6 +135,14 @@ def test_failed_data_preparation_leaves_no_run_folder(tmp_path):
     rc, err, calls = run_script(tmp_path, prepared=False)
     assert rc == 0, err
     assert stages(calls)[:2] == ["fewshot.datasets", "cfe.train"] and (tmp_path / "run").is_dir()
+
+
+@pytest.mark.parametrize("source", ["omniglot.tar.xz", "sub/../omniglot.tar.xz"])
+def test_a_relative_source_is_found_from_where_the_command_was_typed(tmp_path, source):
+    """The script works in the repository, but OMNIGLOT_SOURCE=omniglot.tar.xz means the file here."""
+    rc, err, calls = run_script(tmp_path, prepared=False, cwd=tmp_path, OMNIGLOT_SOURCE=source)
+    assert rc == 0, err
+    assert Path(option(args_of(calls, "fewshot.datasets"), "--source")).resolve() == tmp_path / "omniglot.tar.xz"
 
 
 # creat_env.sh and scripts/env.sh, copied into a temporary folder and run with stand-ins for python3 (which makes
