@@ -9,6 +9,7 @@ A saved episodes file records a fingerprint of its split, so it is not evaluated
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -82,7 +83,8 @@ def _is_int(v) -> bool:
 
 def load_episodes(path, n_images: int, load_file=None, labels=None, split_path="this split") -> tuple[list, dict]:
     """Read tasks written by `save_episodes` or by hand. Items give `index` (a row of the split) or `path` (an
-    image file, turned into pixels by `load_file(path) -> HxWxC uint8`). Returns (tasks, extra_images) where
+    image file, turned into pixels by `load_file(path) -> HxWxC uint8`; a relative path is taken from the episodes
+    file's folder, so a set of episodes travels with its images). Returns (tasks, extra_images) where
     file images are appended after the split's rows: index n_images + j is extra_images[j].
     A file with a split fingerprint is refused unless it matches `labels`, those of the split `split_path` it is
     evaluated on (a file written by hand has none and is taken as it is)."""
@@ -117,7 +119,7 @@ def load_episodes(path, n_images: int, load_file=None, labels=None, split_path="
                 elif "path" in item:
                     if load_file is None:
                         raise UserError(f"{path}: task {t_no} names image files, which this dataset cannot read")
-                    extra.append(load_file(item["path"]))
+                    extra.append(load_file(str(Path(path).parent / item["path"])))  # (an absolute path stays)
                     i = n_images + len(extra) - 1
                 else:
                     raise UserError(f"{path}: task {t_no} {part} item without 'index' or 'path'")

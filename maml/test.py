@@ -56,7 +56,8 @@ def get_parser():
                    help="test on a cache that shares classes with the run's train cache (their labels were never "
                         "read in training), as upstream's protocol does; the result records how many")
     p.add_argument("--save-episodes", help="write the sampled tasks to this JSON file")
-    p.add_argument("--episodes", help="evaluate the tasks of this JSON file instead of sampling")
+    p.add_argument("--episodes", help="evaluate the tasks of this JSON file instead of sampling (image files it "
+                                      "names by a relative path are found from its folder)")
     p.add_argument("--output", help="results JSON (default: RUN/results/test_{ways}w{shots}s.json, with _NAME "
                                     "added for another --cache or --episodes file NAME.json and for a checkpoint "
                                     "other than best)")

@@ -2,6 +2,7 @@
 the episode JSON files."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,10 +104,20 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_image_files_are_appended_after_the_split(tmp_path):
-    path = tmp_path / "files.json"
-    path.write_text(json.dumps({"tasks": [{"support": [{"path": "a.png", "label": 0}, {"index": 3, "label": 1}],
-                                           "query": [{"path": "b.png", "label": 1}]}]}))
-    tasks, extra = load_episodes(path, 10, load_file=lambda p: np.full((2, 2, 1), ord(p[0]), np.uint8))
+    """Relative image paths are taken from the episodes file's folder (not the working directory); absolute ones
+    as they are."""
+    path = tmp_path / "set" / "files.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"tasks": [{"support": [{"path": "img/a.png", "label": 0}, {"index": 3, "label": 1}],
+                                           "query": [{"path": "/abs/b.png", "label": 1}]}]}))
+    read = []
+
+    def load_file(p):
+        read.append(Path(p))
+        return np.full((2, 2, 1), ord(Path(p).name[0]), np.uint8)
+
+    tasks, extra = load_episodes(path, 10, load_file=load_file)
+    assert read == [tmp_path / "set" / "img" / "a.png", Path("/abs/b.png")]
     assert [int(x[0, 0, 0]) for x in extra] == [ord("a"), ord("b")]
     assert tasks[0].support.tolist() == [10, 3] and tasks[0].query.tolist() == [11]
     with pytest.raises(UserError, match="cannot read"):
