@@ -117,6 +117,8 @@ def load_episodes(path, n_images: int, load_file=None, labels=None, split_path="
                     if not 0 <= i < n_images:
                         raise UserError(f"{path}: task {t_no} {part} index {i} outside the split (0..{n_images - 1})")
                 elif "path" in item:
+                    if not isinstance(item["path"], str) or not item["path"]:
+                        raise UserError(f"{path}: task {t_no} {part} path {item['path']!r} is not a file name")
                     if load_file is None:
                         raise UserError(f"{path}: task {t_no} names image files, which this dataset cannot read")
                     extra.append(load_file(str(Path(path).parent / item["path"])))  # (an absolute path stays)

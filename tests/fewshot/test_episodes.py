@@ -151,6 +151,8 @@ GOOD = {"support": [_item(0, 0), _item(1, 1)], "query": [_item(2, 0), _item(3, 1
     ({"tasks": [{**GOOD, "query": [_item(99, 0)]}]}, "index 99 outside the split"),
     ({"tasks": [{**GOOD, "query": [_item(-1, 0)]}]}, "index -1 outside the split"),
     ({"tasks": [{**GOOD, "query": [{"label": 0}]}]}, "without 'index' or 'path'"),
+    ({"tasks": [{**GOOD, "query": [{"path": 5, "label": 0}]}]}, "path 5 is not a file name"),
+    ({"tasks": [{**GOOD, "query": [{"path": "", "label": 0}]}]}, "path '' is not a file name"),
     ({"tasks": [{**GOOD, "query": [_item(2, 2)]}]}, "query labels absent from its support"),
     ({"tasks": [{"support": [_item(0, 1), _item(1, 2)], "query": [_item(2, 1)]}]}, "labels must be 0..N-1"),
     ({"tasks": [{**GOOD, "query": [_item(1, 1)]}]}, "both its support and query"),
