@@ -38,10 +38,13 @@ def run_dir(tmp_path_factory):
     xt, yt = images(N_TEST_CLASSES, 8)
     write_split(root / "toy_64_K_10_test.npz", xt, yt + 500, cluster_label=yt + 500)
     out = root / "run"
-    maml_train.main(["--train-cache", str(root / "toy_64_K_10_train.npz"), "--out", str(out), "--epochs", "1",
-                     "--batches-per-epoch", "2", "--meta-batch", "2", "--hidden", "8", "--no-pem",
-                     "--threads", "1", "--device", "cpu"])
+    train_toy(root / "toy_64_K_10_train.npz", out)
     return out
+
+
+def train_toy(train_cache, out):  # one tiny epoch of maml.train, PEM off
+    maml_train.main(["--train-cache", str(train_cache), "--out", str(out), "--epochs", "1", "--batches-per-epoch",
+                     "2", "--meta-batch", "2", "--hidden", "8", "--no-pem", "--threads", "1", "--device", "cpu"])
 
 
 @pytest.fixture
@@ -379,17 +382,14 @@ def test_inner_lr_must_be_a_positive_number(run_dir, tmp_path, capsys):
 
 
 def test_a_run_finds_its_relative_caches_from_any_directory_and_after_a_move(run_dir, tmp_path, monkeypatch):
-    """config.json records the paths as typed, relative to where training started; maml.test, started elsewhere
-    or on a moved folder, finds them from the directory whose `out` names the run."""
+    """config.json's paths are relative to where training started: found from there, from anywhere, after a move."""
     work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
     (work / "caches").mkdir(parents=True)
     elsewhere.mkdir()
     for name in ("toy_64_K_10_train.npz", "toy_64_K_10_train_clusters.npz", "toy_64_K_10_test.npz"):
         shutil.copy(run_dir.parent / name, work / "caches" / name)
     monkeypatch.chdir(work)
-    maml_train.main(["--train-cache", "caches/toy_64_K_10_train.npz", "--out", "runs/r", "--epochs", "1",
-                     "--batches-per-epoch", "1", "--meta-batch", "2", "--hidden", "8", "--no-pem", "--threads", "1",
-                     "--device", "cpu"])
+    train_toy("caches/toy_64_K_10_train.npz", "runs/r")
     monkeypatch.chdir(elsewhere)
     for move_first in (False, True):
         root = Path(shutil.move(work, tmp_path / "moved")) if move_first else work
