@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # PL-CFE with MAML (+PEM) on Omniglot: prepare data -> CFE -> encode + k-means -> MAML(+PEM) -> meta-test.
 #
-#   bash scripts/omniglot.sh                    # PRESET=quick: the whole chain in 46-58 minutes on 2 CPU cores
+#   bash scripts/omniglot.sh                    # PRESET=quick: the whole chain in 46-60 minutes on 2 CPU cores
 #   PRESET=paper bash scripts/omniglot.sh       # the paper's budget (200 CFE epochs, 20 MAML epochs)
 #   PEM=0 bash scripts/omniglot.sh              # ablation: PEM off (reuses the CFE run and caches)
 #   PRESET=paper MAML_EPOCHS=60 MAML_DIR=runs/omniglot-paper/maml-pem-e60 bash scripts/omniglot.sh
