@@ -20,6 +20,6 @@ $PY -m maml.train --train-cache "${C}_train.npz" --val-cache "${C}_val.npz" --ou
   --save-every 1 --seed 4 --halt-after "$MAML_EPOCHS"
 
 E=$(printf %04d "$CFE_EPOCHS") M=$(printf %04d "$MAML_EPOCHS")
-$PY results/omniglot-repro/compare.py "$OUT/cfe/checkpoints/epoch_$E.pt" "$REF/cfe/checkpoints/epoch_$E.pt"
-$PY results/omniglot-repro/compare.py "$OUT/maml-pem/checkpoints/epoch_$M.pt" \
+$PY results/omniglot-repro/compare.py cfe "$OUT/cfe/checkpoints/epoch_$E.pt" "$REF/cfe/checkpoints/epoch_$E.pt"
+$PY results/omniglot-repro/compare.py maml "$OUT/maml-pem/checkpoints/epoch_$M.pt" \
   "$REF/maml-pem-curve/checkpoints/epoch_$M.pt"
