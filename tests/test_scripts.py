@@ -54,11 +54,11 @@ def args_of(calls, module):
 
 
 @pytest.mark.parametrize("env, epochs, bn_splits, crop, split_loss, test_steps", [
-    ({"PRESET": "quick"}, "90", "1", "clamped", False, "10"),
+    ({"PRESET": "quick"}, "75", "1", "clamped", False, "10"),
     ({"PRESET": "paper"}, "200", "4", "torchvision", True, "50"),
     ({"PRESET": "paper", "CFE_BN_SPLITS": "1"}, "200", "1", "torchvision", False, "50"),  # no splits, no per-split loss
     ({"PRESET": "paper", "CFE_PER_SPLIT_LOSS": "0", "CFE_CROP": "clamped"}, "200", "4", "clamped", False, "50"),
-    ({"PRESET": "quick", "CFE_BN_SPLITS": "4", "CFE_PER_SPLIT_LOSS": "1"}, "90", "4", "clamped", True, "10"),
+    ({"PRESET": "quick", "CFE_BN_SPLITS": "4", "CFE_PER_SPLIT_LOSS": "1"}, "75", "4", "clamped", True, "10"),
 ])
 def test_presets_pass_their_settings_to_the_stages(tmp_path, env, epochs, bn_splits, crop, split_loss, test_steps):
     rc, err, calls = run_script(tmp_path, **env)
