@@ -10,6 +10,7 @@ checkpoints/epoch_NNNN.pt every --save-every epochs (for `maml.test --checkpoint
 """
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from fewshot.cli import (
 from fewshot.data import load_array, load_pseudo_labels, load_split
 from fewshot.episodes import EpisodeSampler
 from fewshot.errors import UserError, cli_main
-from fewshot.io import JsonlLog, prepare_run_dir, provenance
+from fewshot.io import RESUMABLE_CHANGES, JsonlLog, prepare_run_dir, provenance
 from fewshot.metrics import mean_ci95
 from fewshot.runtime import epoch_seed, pick_device, seed_everything, set_threads
 from maml.common import evaluate, task_tensors
@@ -58,6 +59,9 @@ def get_parser():
     p.add_argument("--inner-lr", type=positive_float, default=0.1, help="inner-loop step size alpha")
     p.add_argument("--inner-steps", type=positive_int, default=1, help="inner-loop steps in training")
     p.add_argument("--meta-lr", type=positive_float, default=1e-3, help="Adam learning rate of the outer loop")
+    p.add_argument("--meta-lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="constant (upstream) or cosine: decayed from --meta-lr to 0 over the run's meta-batches "
+                        "(then a run's --epochs is fixed: resuming with other --epochs is refused)")
     p.add_argument("--first-order", action="store_true", help="first-order MAML (no second derivatives)")
     p.add_argument("--hidden", type=positive_int, default=64, help="conv channels")
     p.add_argument("--no-pem", dest="pem", action="store_false", help="plain MAML on the pseudo-labels")
@@ -80,6 +84,18 @@ def get_parser():
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoints/last.pt if present")
     p.add_argument("--halt-after", type=int, default=0, help=argparse.SUPPRESS)  # tests: stop as if interrupted
     return p
+
+
+def meta_lr_at(step: int, total: int, base: float, schedule: str) -> float:
+    """The outer loop's learning rate for meta-batch `step` (0-based) of a run of `total` meta-batches.
+
+    cosine: base * (1 + cos(pi * step / total)) / 2, from base at the first meta-batch towards 0 at the last.
+    NOTE: upstream keeps Adam's rate constant; the schedule is an option, a function of the step alone, so a
+    resumed run follows it exactly (but a cosine run's snapshot of epoch N is not what an N-epoch run ends with)."""
+    if schedule == "constant":
+        return base
+    assert schedule == "cosine" and 0 <= step < total, (schedule, step, total)
+    return base * 0.5 * (1.0 + math.cos(math.pi * step / total))
 
 
 def clusters_path(train_cache: str) -> Path:
@@ -139,7 +155,10 @@ def main(argv=None):
     last, best = out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
     resuming = args.resume and last.exists()
     # `added`: options newer than some run folders, with the value those runs used
-    prepare_run_dir(out, config, resume=args.resume, added={"supervised": False})
+    # a cosine schedule is laid out over --epochs, so only a constant-rate run may grow its budget on resume
+    fixed = () if args.meta_lr_schedule == "constant" else ("epochs",)
+    prepare_run_dir(out, config, resume=args.resume, may_change=tuple(k for k in RESUMABLE_CHANGES if k not in fixed),
+                    added={"supervised": False, "meta_lr_schedule": "constant"})
 
     seed_everything(args.seed)
     model = MAMLNet(c, args.hidden, h, args.ways).to(device)
@@ -178,7 +197,7 @@ def main(argv=None):
         model.train()
         bar = tqdm(range(args.batches_per_epoch), desc=f"maml epoch {epoch + 1}/{args.epochs}", leave=False,
                    mininterval=2)
-        for _ in bar:
+        for i in bar:
             tasks = [sampler.sample(rng) for _ in range(args.meta_batch)]
             if pem_on and rng.random() < 1 - args.pem_eta:
                 rebuilt += 1
@@ -196,6 +215,9 @@ def main(argv=None):
                 raise UserError(f"non-finite meta-loss at epoch {epoch + 1}{saved}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            for group in optimizer.param_groups:
+                group["lr"] = meta_lr_at(epoch * args.batches_per_epoch + i, args.epochs * args.batches_per_epoch,
+                                         args.meta_lr, args.meta_lr_schedule)
             optimizer.step()
             losses.append(loss.item())
             accs.append(acc)

@@ -75,6 +75,8 @@ META_BATCH=${META_BATCH:-8}
 INNER_LR=${INNER_LR:-0.1}
 INNER_STEPS=${INNER_STEPS:-1}
 META_LR=${META_LR:-0.001}
+META_LR_SCHEDULE=${META_LR_SCHEDULE:-constant}  # constant (upstream) | cosine: decayed to 0 over the run
+case "$META_LR_SCHEDULE" in constant|cosine) ;; *) echo "error: META_LR_SCHEDULE must be constant or cosine, got '$META_LR_SCHEDULE'" >&2; exit 2 ;; esac
 QUERIES=${QUERIES:-5}
 PEM_WARMUP=${PEM_WARMUP:-5}
 PEM_ETA=${PEM_ETA:-0.9}
@@ -118,7 +120,7 @@ MAML_DIR=${MAML_DIR:-$RUN_DIR/maml-$([ "$PEM" = 1 ] && echo pem || echo nopem)}
 step "MAML ($([ "$PEM" = 1 ] && echo "+PEM" || echo "PEM off"), $MAML_EPOCHS epochs) -> $MAML_DIR"
 "$PYTHON" -m maml.train --train-cache "${CACHE}_train.npz" --val-cache "${CACHE}_val.npz" --out "$MAML_DIR" \
   --epochs "$MAML_EPOCHS" --batches-per-epoch "$BATCHES_PER_EPOCH" --meta-batch "$META_BATCH" \
-  --inner-lr "$INNER_LR" --inner-steps "$INNER_STEPS" --meta-lr "$META_LR" --queries "$QUERIES" \
+  --inner-lr "$INNER_LR" --inner-steps "$INNER_STEPS" --meta-lr "$META_LR" --meta-lr-schedule "$META_LR_SCHEDULE" --queries "$QUERIES" \
   --pem-warmup "$PEM_WARMUP" --pem-eta "$PEM_ETA" --pem-k "$PEM_K" --val-tasks "$VAL_TASKS" --val-steps "$VAL_STEPS" \
   --save-every "$MAML_SAVE_EVERY" $([ "$PEM" = 1 ] || echo --no-pem) --seed "$SEED" --device "$DEVICE" \
   --threads "$THREADS" --resume

@@ -83,11 +83,20 @@ def test_test_shots_chooses_the_meta_tests(tmp_path, shots, tests):
     ({"CFE_PER_SPLIT_LOSS": "yes"}, "CFE_PER_SPLIT_LOSS must be 0 or 1"),
     ({"CFE_CROP": "pil"}, "CFE_CROP must be clamped or torchvision"),
     ({"PEM": "on"}, "PEM must be 0 or 1"),
+    ({"META_LR_SCHEDULE": "step"}, "META_LR_SCHEDULE must be constant or cosine"),
 ])
 def test_bad_variables_give_one_line_and_run_nothing(tmp_path, env, message):
     rc, err, calls = run_script(tmp_path, **env)
     assert rc == 2 and calls == []
     assert err.strip().splitlines() == [err.strip()] and message in err
+
+
+def test_script_passes_the_meta_lr_schedule_and_keeps_upstreams_constant_rate_by_default(tmp_path):
+    for name, env in (("default", {}), ("cosine", {"META_LR_SCHEDULE": "cosine"})):
+        (tmp_path / name).mkdir()
+        rc, err, calls = run_script(tmp_path / name, **env)
+        assert rc == 0, err
+        assert option(args_of(calls, "maml.train"), "--meta-lr-schedule") == env.get("META_LR_SCHEDULE", "constant")
 
 
 def test_script_accepts_every_crop_mode_the_trainer_offers(tmp_path):
