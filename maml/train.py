@@ -6,7 +6,8 @@
 Reads the train cache's images and pseudo-labels (never its true labels) and the cluster centres beside it.
 Writes into --out: config.json (read back by maml.test), metrics.jsonl, checkpoints/last.pt after every epoch,
 checkpoints/best.pt (highest val accuracy; the last epoch when no --val-cache is given) and
-checkpoints/epoch_NNNN.pt every --save-every epochs (for `maml.test --checkpoint`, e.g. to test shorter budgets).
+checkpoints/epoch_NNNN.pt every --save-every epochs (for `maml.test --checkpoint`, e.g. to test shorter budgets
+with the constant meta-learning rate).
 """
 
 import argparse
@@ -156,8 +157,8 @@ def main(argv=None):
     resuming = args.resume and last.exists()
     # `added`: options newer than some run folders, with the value those runs used
     # a cosine schedule is laid out over --epochs, so only a constant-rate run may grow its budget on resume
-    fixed = () if args.meta_lr_schedule == "constant" else ("epochs",)
-    prepare_run_dir(out, config, resume=args.resume, may_change=tuple(k for k in RESUMABLE_CHANGES if k not in fixed),
+    may_change = [k for k in RESUMABLE_CHANGES if k != "epochs" or args.meta_lr_schedule == "constant"]
+    prepare_run_dir(out, config, resume=args.resume, may_change=may_change,
                     added={"supervised": False, "meta_lr_schedule": "constant"})
 
     seed_everything(args.seed)
