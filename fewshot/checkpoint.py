@@ -31,6 +31,12 @@ def load_checkpoint(path, kind: str, required=("model",)) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found")
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    # torch.save writes a zip archive (PK), its legacy format a pickle (0x80); on anything else the unpickler's
+    # error is cryptic (a text file gives "KeyError: 101")
+    if not (magic == b"PK" or magic[:1] == b"\x80"):
+        raise UserError(f"{path}: not a readable checkpoint (not a file written by torch.save)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged or foreign file makes the unpickler raise almost anything (KeyError, ...)

@@ -36,12 +36,17 @@ def _open(path):
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic == b"\x93NUMPY":  # a single .npy array: no named arrays to read
+        raise UserError(f"{path}: a single array (.npy), expected an .npz archive of named arrays")
+    if not magic.startswith(b"PK"):  # else numpy guesses a pickle and its message talks about allow_pickle
+        raise UserError(f"{path}: not a readable .npz file (it is not a zip archive)")
     try:
         npz = np.load(path, allow_pickle=False)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         raise UserError(f"{path}: not a readable .npz file ({e})") from None
-    if not isinstance(npz, np.lib.npyio.NpzFile):  # a single .npy array: no named arrays to read
-        raise UserError(f"{path}: a single array (.npy), expected an .npz archive of named arrays")
+    assert isinstance(npz, np.lib.npyio.NpzFile), path  # the magic bytes said zip
     return npz
 
 

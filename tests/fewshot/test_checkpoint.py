@@ -52,17 +52,24 @@ def _truncated(tmp_path):
     return good.read_bytes()[:200]
 
 
-@pytest.mark.parametrize("content", [
-    np.random.default_rng(0).bytes(2000),  # random bytes
-    b"",  # empty file (torch raises an EOFError without a message)
-    b"hello, I am a text file\n",  # text (the weights-only unpickler raises KeyError)
-    "truncated",
+@pytest.mark.parametrize("content, why", [
+    (np.random.default_rng(0).bytes(2000), "not a file written by torch.save"),  # random bytes
+    (b"", "not a file written by torch.save"),  # empty file (torch raises an EOFError without a message)
+    (b"hello, I am a text file\n", "not a file written by torch.save"),  # torch would say "KeyError: 101"
+    (b"\x80\x02" + np.random.default_rng(0).bytes(200), ""),  # a legacy pickle header: the unpickler's error
+    ("truncated", ""),
 ])
-def test_corrupt_checkpoint(tmp_path, content):
+def test_corrupt_checkpoint(tmp_path, content, why):
     path = tmp_path / "bad.pt"
     path.write_bytes(_truncated(tmp_path) if content == "truncated" else content)
-    with pytest.raises(UserError, match="not a readable checkpoint"):
+    with pytest.raises(UserError, match=f"not a readable checkpoint \\({why}"):
         load_checkpoint(path, "cfe")
+
+
+def test_legacy_format_loads(tmp_path):
+    path = tmp_path / "legacy.pt"
+    torch.save({"kind": "cfe", "model": net().state_dict()}, path, _use_new_zipfile_serialization=False)
+    assert load_checkpoint(path, "cfe")["kind"] == "cfe"
 
 
 def test_foreign_pickles_are_refused(tmp_path):

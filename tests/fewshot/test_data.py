@@ -122,7 +122,7 @@ GOOD_X = np.zeros((3, 28, 28, 1), np.uint8)
     (lambda d: d, "file not found"),  # a folder
     (lambda d: _bytes(d, "rand.npz", np.random.default_rng(0).bytes(3000)), "not a readable .npz"),
     (lambda d: _bytes(d, "empty.npz", b""), "not a readable .npz"),
-    (lambda d: _bytes(d, "text.npz", b"X,Y\n1,2\n"), "not a readable .npz"),
+    (lambda d: _bytes(d, "text.npz", b"X,Y\n1,2\n"), r"not a readable \.npz file \(it is not a zip archive\)$"),
     (lambda d: _npy(d, "plain.npy", GOOD_X), "single array"),
     (lambda d: _npz(d, "f32.npz", X=np.zeros((3, 28, 28), np.float32), Y=np.arange(3)), "must be uint8"),
     (lambda d: _npz(d, "flat.npz", X=np.zeros((3, 5), np.uint8), Y=np.arange(3)), r"\(N,H,W,C\).*\(3, 5\)"),
