@@ -48,6 +48,8 @@ def get_parser():
     p.add_argument("--out", required=True, help="folder for the caches")
     p.add_argument("--k", type=positive_int, default=500, help="number of k-means clusters")
     p.add_argument("--niter", type=positive_int, default=100, help="k-means iterations")
+    p.add_argument("--knn-smooth", type=nonneg_int, default=0, metavar="M",
+                   help="cluster each embedding averaged with its M nearest neighbours (0: off)")
     p.add_argument("--min-cluster-size", type=positive_int, default=20,
                    help="repeat smaller clusters' images up to this")
     p.add_argument("--seed", type=seed_int, default=0, help="k-means seed (0 .. 2**31 - 1)")
@@ -84,6 +86,30 @@ def kmeans(Z: np.ndarray, k: int, niter: int, seed: int, nredo: int = 1, gpu: bo
     km.train(np.ascontiguousarray(Z, dtype=np.float32))
     _, assign = km.index.search(np.ascontiguousarray(Z, dtype=np.float32), 1)
     return km.centroids.copy(), assign[:, 0].astype(np.int64)
+
+
+def knn_smooth(Z: np.ndarray, m: int) -> np.ndarray:
+    """NxD unit rows -> NxD unit rows: each row averaged with its m nearest rows by cosine similarity (exact search).
+
+    NOTE: not in the paper. A CFE embedding's nearest neighbours share its true class more often than its k-means
+    cluster does, and averaging over them pulls each point towards its class before k-means
+    (RESULTS.md, "Neighbour-smoothed k-means").
+    """
+    import faiss
+
+    n, d = Z.shape
+    if m == 0:
+        return Z
+    if m >= n:
+        raise UserError(f"--knn-smooth {m} must be smaller than the number of train images ({n})")
+    Z = np.ascontiguousarray(Z, dtype=np.float32)
+    index = faiss.IndexFlatIP(d)
+    index.add(Z)
+    _, nb = index.search(Z, m + 1)  # nb: Nx(m+1), usually the point itself first
+    # the point itself is always included once, whatever order ties put it in
+    nb = np.where((nb == np.arange(n)[:, None]).any(1, keepdims=True), nb, np.c_[np.arange(n), nb[:, :m]])
+    S = Z[nb].mean(1)  # NxD
+    return S / np.linalg.norm(S, axis=1, keepdims=True)
 
 
 def repeat_small_clusters(assign: np.ndarray, min_size: int) -> np.ndarray:
@@ -128,7 +154,7 @@ def main(argv=None):
     # NOTE: upstream (cfe/cfe_encoding.py) runs scikit-learn k-means++ with 10 restarts on the raw head outputs;
     # we run faiss once on the normalised ones, the space the CFE loss compares in. Both give the same
     # pseudo-labels within 0.006 ARI on Omniglot (RESULTS.md, "The k-means flavour").
-    Z = embed(model, X_train, args.batch_size, device, "embed train")
+    Z = knn_smooth(embed(model, X_train, args.batch_size, device, "embed train"), args.knn_smooth)
     centres, assign = kmeans(Z, args.k, args.niter, args.seed, gpu=device.type == "cuda")
     rows = repeat_small_clusters(assign, args.min_cluster_size)
     # relabel to 0..K'-1 in case k-means left a cluster empty
@@ -139,13 +165,15 @@ def main(argv=None):
     # which embedding made these pseudo-labels: last.pt is overwritten as training goes on, so its epoch and hash
     meta = {"checkpoint": str(Path(args.checkpoint).resolve()), "checkpoint_epoch": model.trained_epochs,
             "checkpoint_sha256": file_sha256(args.checkpoint), "k": args.k, "clusters": int(len(used)),
-            "niter": args.niter, "seed": args.seed, "min_cluster_size": args.min_cluster_size, **provenance()}
+            "niter": args.niter, "knn_smooth": args.knn_smooth, "seed": args.seed,
+            "min_cluster_size": args.min_cluster_size, **provenance()}
     meta_array = np.array(json.dumps(meta, sort_keys=True))  # the clusters and embeddings say it too
     dim = arch["dim"]
     write_split(encoded_path(out, args.dataset, dim, args.k, "train"), X_train[rows], Y_train[rows],
                 cluster_label=cluster_label[rows], index=rows, meta=meta)
     save_npz(encoded_path(out, args.dataset, dim, args.k, "train_clusters"), cluster_centers=centres, meta=meta_array)
-    # NOTE: Z has one row per train image (upstream's has one per row of the expanded cache); index maps them
+    # NOTE: Z (what k-means clustered) has one row per train image (upstream's has one per row of the expanded
+    # cache); index maps them
     save_npz(encoded_path(out, args.dataset, dim, args.k, "train_emb"), Z=Z, cluster_label=cluster_label,
              meta=meta_array)
     for s, split in labelled.items():
