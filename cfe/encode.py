@@ -100,8 +100,7 @@ def knn_smooth(Z: np.ndarray, m: int) -> np.ndarray:
     n, d = Z.shape
     if m == 0:
         return Z
-    if m >= n:
-        raise UserError(f"--knn-smooth {m} must be smaller than the number of train images ({n})")
+    assert m < n, f"{m} neighbours of {n} points"
     Z = np.ascontiguousarray(Z, dtype=np.float32)
     index = faiss.IndexFlatIP(d)
     index.add(Z)
@@ -140,6 +139,9 @@ def main(argv=None):
         raise UserError(f"{paths['train']}: images are {X_train.shape[1:]}, the checkpoint expects {want}")
     if not 1 <= args.k <= len(X_train):
         raise UserError(f"--k {args.k} must be between 1 and the number of train images ({len(X_train)})")
+    if args.knn_smooth >= len(X_train):
+        raise UserError(f"--knn-smooth {args.knn_smooth} must be smaller than the number of train images "
+                        f"({len(X_train)})")
     # checked here so that a bad file stops the run before anything is written; not read again until after k-means
     _, Y_train = check_split(X_train, load_array(paths["train"], "Y"), str(paths["train"]))
     labelled = {s: load_split(paths[s]) for s in ("val", "test") if s in paths}  # cluster_label = true label

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cfe import encode
-from cfe.encode import embed, kmeans, repeat_small_clusters
+from cfe.encode import embed, kmeans, knn_smooth, repeat_small_clusters
 from cfe.train import load_cfe
 from fewshot.data import load_array, load_pseudo_labels, load_split, prepared_path, write_split
 from fewshot.errors import UserError
@@ -218,6 +218,45 @@ def test_kmeans_uses_every_point_not_a_subsample():
 def test_kmeans_refuses_more_clusters_than_points():
     with pytest.raises(UserError, match="larger than the number of train images"):
         kmeans(np.zeros((5, 3), np.float32), 6, niter=5, seed=0)
+
+
+def test_knn_smooth_by_hand():
+    """Four unit vectors at 0, 10, 90 and 135 degrees: with one neighbour, 0 and 10 pair up, and so do 90 and 135
+    (cosine 0.71, against 0.17 between 90 and 10)."""
+    angles = np.deg2rad([0, 10, 90, 135])
+    Z = np.stack([np.cos(angles), np.sin(angles)], 1).astype(np.float32)
+    def unit(v):
+        return v / np.linalg.norm(v)
+    want = np.stack([unit(Z[0] + Z[1]), unit(Z[1] + Z[0]), unit(Z[2] + Z[3]), unit(Z[3] + Z[2])])
+    np.testing.assert_allclose(knn_smooth(Z, 1), want, atol=1e-6)
+    np.testing.assert_allclose(knn_smooth(Z, 3), np.tile(unit(Z.sum(0)), (4, 1)), atol=1e-6)  # all of them
+    assert knn_smooth(Z, 0) is Z  # off
+    dup = np.repeat(Z[:1], 3, 0)  # ties: the point itself is counted once even when a copy ranks first
+    np.testing.assert_allclose(knn_smooth(dup, 1), dup, atol=1e-6)
+
+
+def test_knn_smooth_run_clusters_the_smoothed_embedding_without_the_true_labels(prepared, cfe_checkpoint, tmp_path):
+    data = tmp_path / "data"
+    for s in ("train", "val", "test"):
+        Y = prepared.Y[s]
+        write_split(prepared_path(data, prepared.name, s), prepared.X[s],
+                    np.random.default_rng(2).permutation(Y) if s == "train" else Y)
+    runs = {}
+    for name, data_dir in (("true", prepared.root), ("permuted", data)):
+        out = tmp_path / name
+        encode.main(encode_argv(cfe_checkpoint, data_dir, prepared.name, out) + ["--knn-smooth", "3"])
+        runs[name] = out
+    stem = f"{prepared.name}_16_K_{ENCODE_K}"
+    Z = load_array(runs["true"] / f"{stem}_train_emb.npz", "Z")
+    want = knn_smooth(embed(load_cfe(cfe_checkpoint), prepared.X["train"], 256, torch.device("cpu")), 3)
+    np.testing.assert_allclose(Z, want, atol=1e-5)
+    a, b = (load_split(runs[n] / f"{stem}_train.npz") for n in ("true", "permuted"))
+    assert np.array_equal(a.cluster_label, b.cluster_label) and not np.array_equal(a.Y, b.Y)
+    assert a.meta["knn_smooth"] == 3
+    with pytest.raises(UserError, match="--knn-smooth 800 must be smaller than the number of train images"):
+        encode.main(encode_argv(cfe_checkpoint, prepared.root, prepared.name, tmp_path / "bad")
+                    + ["--knn-smooth", "800"])
+    assert not (tmp_path / "bad").exists()
 
 
 def test_embed_is_normalised_and_independent_of_the_batch_size(cfe_checkpoint, prepared):
