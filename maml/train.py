@@ -65,6 +65,8 @@ def get_parser():
                         "(then a run's --epochs is fixed: resuming with other --epochs is refused)")
     p.add_argument("--first-order", action="store_true", help="first-order MAML (no second derivatives)")
     p.add_argument("--hidden", type=positive_int, default=64, help="conv channels")
+    p.add_argument("--rotate-ways", action="store_true",
+                   help="turn each way's images by a random multiple of 90 degrees (class augmentation)")
     p.add_argument("--no-pem", dest="pem", action="store_false", help="plain MAML on the pseudo-labels")
     p.add_argument("--supervised", action="store_true",
                    help="reference baseline, not unsupervised: train on --train-cache's true labels Y (a prepared "
@@ -97,6 +99,21 @@ def meta_lr_at(step: int, total: int, base: float, schedule: str) -> float:
         return base
     assert schedule == "cosine" and 0 <= step < total, (schedule, step, total)
     return base * 0.5 * (1.0 + math.cos(math.pi * step / total))
+
+
+def rotate_ways(xs, ys, xq, yq, turns: np.ndarray):
+    """Every image of way w, support and queries alike, turned by turns[w] quarter turns (NCHW tensors).
+
+    NOTE: not in upstream PL-CFE. Omniglot MAML (Finn et al. 2017, after Santoro et al. 2016) adds each class's
+    rotations as new classes; here each way of a task, after PEM, gets one random rotation, so a task never holds
+    a cluster twice.
+    """
+    def turn(x, y):
+        out = x.clone()
+        for way, k in enumerate(turns):
+            out[y == way] = torch.rot90(x[y == way], int(k), dims=(2, 3))
+        return out.contiguous(memory_format=torch.channels_last)
+    return turn(xs, ys), ys, turn(xq, yq), yq
 
 
 def clusters_path(train_cache: str) -> Path:
@@ -159,7 +176,7 @@ def main(argv=None):
     # a cosine schedule is laid out over --epochs, so only a constant-rate run may grow its budget on resume
     may_change = [k for k in RESUMABLE_CHANGES if k != "epochs" or args.meta_lr_schedule == "constant"]
     prepare_run_dir(out, config, resume=args.resume, may_change=may_change,
-                    added={"supervised": False, "meta_lr_schedule": "constant"})
+                    added={"supervised": False, "meta_lr_schedule": "constant", "rotate_ways": False})
 
     seed_everything(args.seed)
     model = MAMLNet(c, args.hidden, h, args.ways).to(device)
@@ -209,8 +226,10 @@ def main(argv=None):
                     adapted = adapt(eval_model, params, xs, ys, args.inner_steps, args.inner_lr, create_graph=False)
                     new.append(pem_queries(t, predict_with(adapted), index, args.queries, rng, args.pem_keep))
                 tasks = new
-            loss, acc = meta_loss(model, [task_tensors(X, t, device) for t in tasks], args.inner_steps,
-                                  args.inner_lr, args.first_order)
+            batch = [task_tensors(X, t, device) for t in tasks]
+            if args.rotate_ways:
+                batch = [rotate_ways(*b, rng.integers(0, 4, args.ways)) for b in batch]
+            loss, acc = meta_loss(model, batch, args.inner_steps, args.inner_lr, args.first_order)
             if not torch.isfinite(loss):
                 saved = f"; last good checkpoint: {last}" if last.exists() else "; no checkpoint was saved yet"
                 raise UserError(f"non-finite meta-loss at epoch {epoch + 1}{saved}")

@@ -191,6 +191,30 @@ def test_pem_changes_the_training(caches, straight, tmp_path):
     assert [r["pem_rebuilt_batches"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 0, 0]
 
 
+def test_rotate_ways_turns_each_way_by_its_own_quarter_turns():
+    torch.manual_seed(0)
+    xs, xq = torch.rand(6, 1, 5, 5), torch.rand(9, 1, 5, 5)
+    ys, yq = torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([2, 1, 0] * 3)
+    turns = np.array([0, 1, 3])
+    rs, ys2, rq, yq2 = maml_train.rotate_ways(xs, ys, xq, yq, turns)
+    assert ys2 is ys and yq2 is yq
+    for x, y, r in ((xs, ys, rs), (xq, yq, rq)):
+        assert r.is_contiguous(memory_format=torch.channels_last)
+        for i in range(len(y)):
+            assert torch.equal(r[i], torch.rot90(x[i], int(turns[y[i]]), dims=(1, 2)))
+    assert torch.equal(rs[ys == 0], xs[ys == 0]) and not torch.equal(rs[ys == 1], xs[ys == 1])
+
+
+def test_rotated_ways_change_the_training_and_resume_bit_identically(caches, straight, tmp_path):
+    whole, halted = tmp_path / "whole", tmp_path / "halted"
+    run(caches, whole, "--rotate-ways")
+    run(caches, halted, "--rotate-ways", "--halt-after", "2")
+    run(caches, halted, "--rotate-ways", "--resume")
+    assert_same(load(whole)["model"], load(halted)["model"])
+    assert load(whole)["config"]["rotate_ways"] is True
+    assert not torch.equal(load(whole)["model"]["classifier.weight"], load(straight)["model"]["classifier.weight"])
+
+
 def test_first_order_trains_and_differs_from_second_order(caches, straight, tmp_path):
     out = tmp_path / "fo"
     run(caches, out, "--first-order", "--epochs", "1", "--no-pem")
