@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from fewshot.errors import UserError
+from fewshot.errors import UserError, require_file
 from fewshot.io import save_torch
 
 
@@ -28,9 +28,7 @@ def load_checkpoint(path, kind: str, required=("model",)) -> dict:
     """The checkpoint at `path`, which must be of `kind` and hold the `required` entries (every checkpoint holds
     weights; callers name what else they read, e.g. maml.test its "arch" and "epoch"). load_cfe checks its own
     "arch" entry, so the default asks for no more than a cfe checkpoint is sure to hold."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: checkpoint not found")
+    path = require_file(path, "checkpoint")
     with open(path, "rb") as f:
         magic = f.read(2)
     # torch.save writes a zip archive (PK), its legacy format a pickle (0x80); on anything else the unpickler's

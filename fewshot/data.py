@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fewshot.errors import UserError
+from fewshot.errors import UserError, require_file
 from fewshot.io import save_npz
 
 SPLITS = ("train", "val", "test")
@@ -33,9 +33,7 @@ def encoded_path(root, dataset, dim, k, split) -> Path:
 
 
 def _open(path):
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
+    path = require_file(path)
     with open(path, "rb") as f:
         magic = f.read(6)
     if magic == b"\x93NUMPY":  # a single .npy array: no named arrays to read

@@ -7,10 +7,21 @@ its traceback on purpose.
 
 import os
 import sys
+from pathlib import Path
 
 
 class UserError(Exception):
     """Bad input: missing or corrupt files, wrong shapes, impossible settings."""
+
+
+def require_file(path, what: str = "file") -> Path:
+    """`path` as a Path if it is a file; else a UserError that says whether it is missing or a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, expected a {what}")
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found")
+    return path
 
 
 def refuse_multiprocess() -> None:

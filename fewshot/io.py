@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fewshot.errors import UserError
+from fewshot.errors import UserError, require_file
 
 
 @contextmanager
@@ -69,9 +69,7 @@ def save_torch(path, obj) -> None:
 
 
 def load_json(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
+    path = require_file(path)
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

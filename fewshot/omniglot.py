@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fewshot.data import SPLITS, assert_disjoint_classes, load_split, prepared_path, write_split
-from fewshot.errors import UserError
+from fewshot.errors import UserError, require_file
 from fewshot.io import atomic_path
 
 CACHE_NAME = "omniglot"  # prepared_path(root, CACHE_NAME, split) is the upstream file name omniglot_cache_{split}.npz
@@ -85,9 +85,7 @@ def read_official_zip(path, pixels=to_cache_pixels):
     Returns (X uint8 (N,28,28,1), characters (N,) str 'Alphabet/characterNN', files: the zip member names), sorted
     by character, then file name, so the order does not depend on how the zip was written.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
+    path = require_file(path)
     try:
         with zipfile.ZipFile(path) as zf:
             members = sorted((c, PurePosixPath(m).name, m) for m in zf.namelist()
@@ -280,9 +278,7 @@ def extract_cache_archive(archive, dest_dir) -> dict:
     to dest_dir under its own base name: member paths and links are never used, so the archive cannot write
     outside dest_dir. A file already extracted with the member's size is kept.
     """
-    archive = Path(archive)
-    if not archive.is_file():
-        raise UserError(f"{archive}: file not found")
+    archive = require_file(archive)
     wanted = {prepared_path("", CACHE_NAME, s).name: s for s in SPLITS}
     paths = {}
     try:

@@ -123,6 +123,7 @@ def maml_test_args(e, out, run=None, *extra):
 # id: (module, argv(env, out), what the one line must say)
 CASES = {
     "train-missing-data": ("cfe.train", lambda e, o: ["--data", e.absent, "--out", o], "absent.npz: file not found"),
+    "train-data-is-folder": ("cfe.train", lambda e, o: ["--data", e.root, "--out", o], "is a folder, expected a file"),
     "train-corrupt-npz": ("cfe.train", lambda e, o: ["--data", e.random, "--out", o], "not a readable .npz"),
     "train-float-images": ("cfe.train", lambda e, o: ["--data", e.float_images, "--out", o], "must be uint8"),
     "train-flat-images": ("cfe.train", lambda e, o: ["--data", e.flat_images, "--out", o], r"\(N,H,W,C\)"),
@@ -144,6 +145,8 @@ CASES = {
                                "is a 'maml' checkpoint, expected 'cfe'"),
     "encode-missing-checkpoint": ("cfe.encode", lambda e, o: encode_args(e, o, e.root / "none.pt"),
                                   "checkpoint not found"),
+    "encode-checkpoint-is-folder": ("cfe.encode", lambda e, o: encode_args(e, o, e.root),
+                                    "is a folder, expected a checkpoint"),
     "encode-corrupt-checkpoint": ("cfe.encode", lambda e, o: encode_args(e, o, e.random_ckpt),
                                   "not a readable checkpoint"),
     "encode-checkpoint-without-arch": ("cfe.encode", lambda e, o: encode_args(e, o, e.no_arch), "usable 'arch'"),

@@ -42,8 +42,8 @@ def test_checkpoint_of_another_kind(tmp_path):
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(UserError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "absent.pt", "cfe")
-    with pytest.raises(UserError, match="checkpoint not found"):
-        load_checkpoint(tmp_path, "cfe")  # a folder is not a checkpoint
+    with pytest.raises(UserError, match="is a folder, expected a checkpoint"):
+        load_checkpoint(tmp_path, "cfe")
 
 
 def _truncated(tmp_path):

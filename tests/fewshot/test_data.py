@@ -119,7 +119,7 @@ GOOD_X = np.zeros((3, 28, 28, 1), np.uint8)
 
 @pytest.mark.parametrize("make, message", [
     (lambda d: d / "absent.npz", "file not found"),
-    (lambda d: d, "file not found"),  # a folder
+    (lambda d: d, "is a folder, expected a file"),
     (lambda d: _bytes(d, "rand.npz", np.random.default_rng(0).bytes(3000)), "not a readable .npz"),
     (lambda d: _bytes(d, "empty.npz", b""), "not a readable .npz"),
     (lambda d: _bytes(d, "text.npz", b"X,Y\n1,2\n"), r"not a readable \.npz file \(it is not a zip archive\)$"),

@@ -1,9 +1,9 @@
-"""fewshot.errors.cli_main: bad input is one line and exit 2; an interrupt says how to go on; a multi-process
+"""fewshot.errors: bad input is one line and exit 2; an interrupt says how to go on; a multi-process
 launch (torchrun) is refused before the command runs."""
 
 import pytest
 
-from fewshot.errors import UserError, cli_main
+from fewshot.errors import UserError, cli_main, require_file
 
 
 def exits(main, capsys, **kwargs) -> tuple[int, str]:
@@ -36,3 +36,12 @@ def test_torchrun_with_several_processes_is_refused_before_main_runs(capsys, mon
     monkeypatch.setenv("WORLD_SIZE", "1")
     cli_main(ran.append, [])  # one process is fine
     assert ran == [[]]
+
+
+def test_require_file_tells_a_folder_from_a_missing_file(tmp_path):
+    (tmp_path / "a.npz").write_bytes(b"x")
+    assert require_file(str(tmp_path / "a.npz")) == tmp_path / "a.npz"
+    with pytest.raises(UserError, match="b.npz: checkpoint not found"):
+        require_file(tmp_path / "b.npz", "checkpoint")
+    with pytest.raises(UserError, match="is a folder, expected a file"):
+        require_file(tmp_path)
