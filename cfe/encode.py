@@ -150,7 +150,7 @@ def main(argv=None):
             raise UserError(f"{paths[s]}: images are {split.X.shape[1:]}, the checkpoint expects {want}")
     assert_disjoint_classes({"train": Y_train, **{s: split.Y for s, split in labelled.items()}})
     out = Path(args.out)
-    prepare_run_dir(out, vars(args), resume=args.resume)
+    prepare_run_dir(out, vars(args), resume=args.resume, added={"knn_smooth": 0})  # caches from before the option
     t0 = time.time()
 
     # NOTE: upstream (cfe/cfe_encoding.py) runs scikit-learn k-means++ with 10 restarts on the raw head outputs;

@@ -66,6 +66,9 @@ case "$CFE_CROP" in clamped|torchvision) ;; *) echo "error: CFE_CROP must be cla
 # k-means pseudo-labels (upstream cfe/cfe_encoding.py)
 K=${K:-500}
 MIN_CLUSTER=${MIN_CLUSTER:-20}
+# k-means on each embedding averaged with its KNN_SMOOTH nearest neighbours (0: off, upstream; NOTE: not in the paper,
+# 5 gave +0.21 ± 0.32 points at 1 shot on the paper preset's caches, RESULTS.md); a new value needs a new RUN_DIR
+KNN_SMOOTH=${KNN_SMOOTH:-0}
 # MAML + PEM (upstream scripts/omni-maml-pem.sh, train_un_maml_pem.py)
 PEM=${PEM:-1}
 case "$PEM" in 0|1) ;; *) echo "error: PEM must be 0 or 1, got '$PEM'" >&2; exit 2 ;; esac
@@ -109,12 +112,15 @@ else "$PYTHON" -m cfe.train --data "$DATA_DIR/omniglot_cache_train.npz" --out "$
 
 step "encode + k-means (K=$K) -> $RUN_DIR/caches"
 CACHE=$RUN_DIR/caches/omniglot_${CFE_DIM}_K_${K}
-# skipped only when it finished (encode.json is written last) after the CFE checkpoint was made, with this K;
-# otherwise cfe.encode --resume runs: it encodes again from a checkpoint rewritten in place, and refuses in one line
-# caches made from another checkpoint file or K
-if [ "$RUN_DIR/caches/encode.json" -nt "$CFE_CKPT" ] && [ -f "${CACHE}_train.npz" ]; then echo "exists, skipped"
+# skipped only when it finished (encode.json is written last) after the CFE checkpoint was made, with this K and
+# KNN_SMOOTH (caches from before that option count as 0); otherwise cfe.encode --resume runs: it encodes again from
+# a checkpoint rewritten in place, and refuses in one line caches made from another checkpoint file, K or KNN_SMOOTH
+encoded_smooth=$(grep -o '"knn_smooth": [0-9]*' "$RUN_DIR/caches/config.json" 2>/dev/null | grep -o '[0-9]*$' || echo 0)
+if [ "$RUN_DIR/caches/encode.json" -nt "$CFE_CKPT" ] && [ -f "${CACHE}_train.npz" ] \
+  && [ "$encoded_smooth" = "$KNN_SMOOTH" ]; then echo "exists, skipped"
 else "$PYTHON" -m cfe.encode --checkpoint "$CFE_CKPT" --data-dir "$DATA_DIR" --dataset omniglot \
-  --out "$RUN_DIR/caches" --k "$K" --min-cluster-size "$MIN_CLUSTER" --seed "$SEED" --device "$DEVICE" --threads "$THREADS" --resume; fi
+  --out "$RUN_DIR/caches" --k "$K" --knn-smooth "$KNN_SMOOTH" --min-cluster-size "$MIN_CLUSTER" --seed "$SEED" \
+  --device "$DEVICE" --threads "$THREADS" --resume; fi
 
 MAML_DIR=${MAML_DIR:-$RUN_DIR/maml-$([ "$PEM" = 1 ] && echo pem || echo nopem)}
 step "MAML ($([ "$PEM" = 1 ] && echo "+PEM" || echo "PEM off"), $MAML_EPOCHS epochs) -> $MAML_DIR"

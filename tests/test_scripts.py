@@ -138,6 +138,26 @@ def test_finished_stages_are_skipped_until_what_they_were_made_from_changes(tmp_
     assert stages(calls) == ["cfe.encode", "maml.train", "maml.test 5", "fewshot.report"]
 
 
+def test_caches_are_encoded_again_when_knn_smooth_changes(tmp_path):
+    caches = tmp_path / "run" / "caches"
+    ckpt = tmp_path / "run" / "cfe" / "checkpoints" / "epoch_0090.pt"
+    for t, path in enumerate((ckpt, caches / "omniglot_64_K_500_train.npz", caches / "encode.json")):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+        os.utime(path, (1000 + t, 1000 + t))
+    (caches / "config.json").write_text('{\n  "k": 500\n}')  # caches from before the option: made without it
+    for knn, encoded in (("", False), ("0", False), ("5", True)):  # empty: the default
+        rc, err, calls = run_script(tmp_path, CFE_EPOCHS="90", KNN_SMOOTH=knn)
+        assert rc == 0, err
+        assert ("cfe.encode" in stages(calls)) == encoded, knn
+    assert option(args_of(calls, "cfe.encode"), "--knn-smooth") == "5"
+    (caches / "config.json").write_text('{\n  "k": 500,\n  "knn_smooth": 5\n}')
+    for knn, encoded in (("5", False), ("0", True), ("50", True)):
+        rc, err, calls = run_script(tmp_path, CFE_EPOCHS="90", KNN_SMOOTH=knn)
+        assert rc == 0, err
+        assert ("cfe.encode" in stages(calls)) == encoded, knn
+
+
 def test_failed_data_preparation_leaves_no_run_folder(tmp_path):
     rc, err, calls = run_script(tmp_path, prepared=False, STUB_FAIL="fewshot.datasets")
     assert rc != 0 and stages(calls) == ["fewshot.datasets"]

@@ -177,6 +177,13 @@ def test_resume_with_another_k_or_checkpoint_is_refused_and_changes_nothing(prep
         assert r.code == 2 and r.err.count("\n") == 1, r.err
         assert r.err.startswith("error: --resume with settings that differ") and r.err.endswith(f": {option[2:]}\n")
         assert file_bytes(out) == before, option
+    r = run_main("cfe.encode", argv + ["--knn-smooth", "2"])
+    assert r.code == 2 and r.err.endswith(": knn_smooth\n") and file_bytes(out) == before
+    # a caches folder written before --knn-smooth existed resumes with the option's default (off)
+    config = load_json(out / "config.json")
+    del config["knn_smooth"]
+    (out / "config.json").write_text(json.dumps(config))
+    assert run_main("cfe.encode", argv).code == 0
 
 
 def test_missing_val_and_test_are_optional(prepared, cfe_checkpoint, tmp_path):
