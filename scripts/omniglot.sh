@@ -69,6 +69,7 @@ MIN_CLUSTER=${MIN_CLUSTER:-20}
 # k-means on each embedding averaged with its KNN_SMOOTH nearest neighbours (0: off, upstream; NOTE: not in the paper,
 # 5 gave +0.21 ± 0.32 points at 1 shot on the paper preset's caches, RESULTS.md); a new value needs a new RUN_DIR
 KNN_SMOOTH=${KNN_SMOOTH:-0}
+case "$KNN_SMOOTH" in *[!0-9]*) echo "error: KNN_SMOOTH must be a whole number (0: off), got '$KNN_SMOOTH'" >&2; exit 2 ;; esac
 # MAML + PEM (upstream scripts/omni-maml-pem.sh, train_un_maml_pem.py)
 PEM=${PEM:-1}
 case "$PEM" in 0|1) ;; *) echo "error: PEM must be 0 or 1, got '$PEM'" >&2; exit 2 ;; esac

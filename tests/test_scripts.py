@@ -84,6 +84,7 @@ def test_test_shots_chooses_the_meta_tests(tmp_path, shots, tests):
     ({"CFE_CROP": "pil"}, "CFE_CROP must be clamped or torchvision"),
     ({"PEM": "on"}, "PEM must be 0 or 1"),
     ({"META_LR_SCHEDULE": "step"}, "META_LR_SCHEDULE must be constant or cosine"),
+    ({"KNN_SMOOTH": "-5"}, "KNN_SMOOTH must be a whole number"),
 ])
 def test_bad_variables_give_one_line_and_run_nothing(tmp_path, env, message):
     rc, err, calls = run_script(tmp_path, **env)
