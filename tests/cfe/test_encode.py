@@ -238,7 +238,7 @@ def test_knn_smooth_by_hand():
     np.testing.assert_allclose(knn_smooth(Z, 1), want, atol=1e-6)
     np.testing.assert_allclose(knn_smooth(Z, 3), np.tile(unit(Z.sum(0)), (4, 1)), atol=1e-6)  # all of them
     assert knn_smooth(Z, 0) is Z  # off
-    dup = np.repeat(Z[:1], 3, 0)  # ties: the point itself is counted once even when a copy ranks first
+    dup = np.repeat(Z[:1], 3, 0)  # exact copies tie with the point itself: smoothing leaves them as they are
     np.testing.assert_allclose(knn_smooth(dup, 1), dup, atol=1e-6)
 
 
