@@ -10,6 +10,7 @@ import numpy as np
 
 from fewshot.data import load_array
 from maml import train as T
+from maml.pem import ClusterIndex
 
 share = float(sys.argv[1])
 argv = sys.argv[sys.argv.index("--") + 1:]
@@ -22,9 +23,8 @@ class HardSampler:
     def __init__(self, labels, *a):
         self.base = _Sampler(labels, *a)
         train_cache = argv[argv.index("--train-cache") + 1]
-        c = load_array(T.clusters_path(train_cache), "cluster_centers").astype(np.float64)
-        d = (c * c).sum(1)[:, None] + (c * c).sum(1)[None] - 2 * c @ c.T
-        self.nearest = np.argsort(d, axis=1, kind="stable")  # the cluster itself first
+        order = ClusterIndex(labels, load_array(T.clusters_path(train_cache), "cluster_centers"), 1).order
+        self.nearest = np.c_[np.arange(len(order)), order]  # the cluster itself, then the others nearest first
         self.all = self.base.classes
 
     def sample(self, rng):
