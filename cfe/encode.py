@@ -8,6 +8,10 @@ images of clusters smaller than --min-cluster-size are repeated up to that size 
 supply a task. Val and test are copied with their true labels as cluster labels. The train split's true labels
 never reach the clustering: before it they are only checked (one integer per image, no class shared with val or
 test); after it they give ARI/NMI/purity as a diagnostic and are carried into the cache unchanged.
+
+With --partitions P, k-means runs P times (seeds --seed .. --seed + P - 1) and the train cache holds every
+partition's clusters, labelled one after the other, each image once per partition, with a `partition` array
+saying which partition each row belongs to; maml.train then draws each task from one partition.
 """
 
 import argparse
@@ -50,9 +54,12 @@ def get_parser():
     p.add_argument("--niter", type=positive_int, default=100, help="k-means iterations")
     p.add_argument("--knn-smooth", type=nonneg_int, default=0, metavar="M",
                    help="cluster each embedding averaged with its M nearest neighbours (0: off)")
+    p.add_argument("--partitions", type=positive_int, default=1, metavar="P",
+                   help="k-means partitions with seeds --seed .. --seed + P - 1, kept side by side in the train "
+                        "cache (maml.train draws each task from one)")
     p.add_argument("--min-cluster-size", type=positive_int, default=20,
                    help="repeat smaller clusters' images up to this")
-    p.add_argument("--seed", type=seed_int, default=0, help="k-means seed (0 .. 2**31 - 1)")
+    p.add_argument("--seed", type=seed_int, default=0, help="k-means seed (0 .. 2**31 - 1 - (P - 1))")
     p.add_argument("--batch-size", type=positive_int, default=1024, help="images per forward pass")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
@@ -122,6 +129,32 @@ def repeat_small_clusters(assign: np.ndarray, min_size: int) -> np.ndarray:
     return np.sort(np.concatenate(rows), kind="stable")
 
 
+def partitions(Z: np.ndarray, k: int, niter: int, seed: int, n_partitions: int, min_size: int,
+               gpu: bool = False) -> tuple:
+    """k-means `n_partitions` times (seeds seed, seed + 1, ...), each partition's used clusters relabelled after
+    the previous partition's. Returns (centres K'xD, assign PxN labels of every point in each partition,
+    rows: which point each row of the train cache holds, labels: each row's cluster, part: each row's partition).
+
+    NOTE: not in the paper, which clusters once. CACTUs (Hsu et al. 2019) draws its tasks from many k-means
+    partitions; with one embedding, the partitions differ only by k-means' seed. On Omniglot's paper preset, 10
+    partitions alone gained no measurable accuracy, but 10 partitions of the neighbour-smoothed embedding
+    (--knn-smooth 5) gained 0.66 ± 0.30 points at 1 shot over the preset, on one seed (RESULTS.md, "Tasks from
+    several k-means partitions"), so it is off by default."""
+    centres, assign, rows, labels, part, offset = [], [], [], [], [], 0
+    for p in range(n_partitions):
+        c, a = kmeans(Z, k, niter, seed + p, gpu=gpu)
+        used, a = np.unique(a, return_inverse=True)  # relabel to 0..K'-1 in case k-means left a cluster empty
+        r = repeat_small_clusters(a, min_size)
+        centres.append(c[used])
+        assign.append(a + offset)
+        rows.append(r)
+        labels.append(a[r] + offset)
+        part.append(np.full(len(r), p, np.int64))
+        offset += len(used)
+    return (np.concatenate(centres), np.stack(assign), np.concatenate(rows), np.concatenate(labels),
+            np.concatenate(part))
+
+
 def main(argv=None):
     args = get_parser().parse_args(argv)
     set_threads(args.threads)
@@ -140,6 +173,8 @@ def main(argv=None):
         raise UserError(f"{paths['train']}: images are {X_train.shape[1:]}, the checkpoint expects {want}")
     if not 1 <= args.k <= len(X_train):
         raise UserError(f"--k {args.k} must be between 1 and the number of train images ({len(X_train)})")
+    if args.seed + args.partitions - 1 > 2**31 - 1:
+        raise UserError(f"--seed {args.seed} + --partitions {args.partitions} - 1 exceeds 2**31 - 1")
     if args.knn_smooth >= len(X_train):
         raise UserError(f"--knn-smooth {args.knn_smooth} must be smaller than the number of train images "
                         f"({len(X_train)})")
@@ -151,43 +186,51 @@ def main(argv=None):
             raise UserError(f"{paths[s]}: images are {split.X.shape[1:]}, the checkpoint expects {want}")
     assert_disjoint_classes({"train": Y_train, **{s: split.Y for s, split in labelled.items()}})
     out = Path(args.out)
-    prepare_run_dir(out, vars(args), resume=args.resume, added={"knn_smooth": 0})  # caches from before the option
+    # `added`: caches from before these options were made without them
+    prepare_run_dir(out, vars(args), resume=args.resume, added={"knn_smooth": 0, "partitions": 1})
     t0 = time.time()
 
     # NOTE: upstream (cfe/cfe_encoding.py) runs scikit-learn k-means++ with 10 restarts on the raw head outputs;
     # we run faiss once on the normalised ones, the space the CFE loss compares in. Both give the same
     # pseudo-labels within 0.006 ARI on Omniglot (RESULTS.md, "The k-means flavour").
     Z = knn_smooth(embed(model, X_train, args.batch_size, device, "embed train"), args.knn_smooth)
-    centres, assign = kmeans(Z, args.k, args.niter, args.seed, gpu=device.type == "cuda")
-    rows = repeat_small_clusters(assign, args.min_cluster_size)
-    # relabel to 0..K'-1 in case k-means left a cluster empty
-    used, cluster_label = np.unique(assign, return_inverse=True)
-    centres = centres[used]
+    centres, assign, rows, row_label, row_part = partitions(Z, args.k, args.niter, args.seed, args.partitions,
+                                                            args.min_cluster_size, gpu=device.type == "cuda")
+    cluster_label = assign[0]  # the first partition's labels of every train image
 
-    quality = cluster_quality(Y_train, cluster_label)  # diagnostics only, after clustering
+    # diagnostics only, after clustering; with several partitions, their mean (each in its own entry)
+    each = [cluster_quality(Y_train, a) for a in assign]
+    quality = {m: float(np.mean([q[m] for q in each])) for m in each[0]}
+    quality["clusters"] = int(len(centres))
     # which embedding made these pseudo-labels: last.pt is overwritten as training goes on, so its epoch and hash
     meta = {"checkpoint": str(Path(args.checkpoint).resolve()), "checkpoint_epoch": model.trained_epochs,
-            "checkpoint_sha256": file_sha256(args.checkpoint), "k": args.k, "clusters": int(len(used)),
-            "niter": args.niter, "knn_smooth": args.knn_smooth, "seed": args.seed,
+            "checkpoint_sha256": file_sha256(args.checkpoint), "k": args.k, "clusters": int(len(centres)),
+            "niter": args.niter, "knn_smooth": args.knn_smooth, "partitions": args.partitions, "seed": args.seed,
             "min_cluster_size": args.min_cluster_size, **provenance()}
     meta_array = np.array(json.dumps(meta, sort_keys=True))  # the clusters and embeddings say it too
     dim = arch["dim"]
     write_split(encoded_path(out, args.dataset, dim, args.k, "train"), X_train[rows], Y_train[rows],
-                cluster_label=cluster_label[rows], index=rows, meta=meta)
+                cluster_label=row_label, index=rows, meta=meta,
+                partition=row_part if args.partitions > 1 else None)  # one partition: the cache as upstream's
     save_npz(encoded_path(out, args.dataset, dim, args.k, "train_clusters"), cluster_centers=centres, meta=meta_array)
     # NOTE: Z (what k-means clustered) has one row per train image (upstream's has one per row of the expanded
     # cache); index maps them
+    # (with partitions: cluster_label is the first one's, partition_labels PxN all of them)
     save_npz(encoded_path(out, args.dataset, dim, args.k, "train_emb"), Z=Z, cluster_label=cluster_label,
-             meta=meta_array)
+             meta=meta_array, **({"partition_labels": assign} if args.partitions > 1 else {}))
     for s, split in labelled.items():
         write_split(encoded_path(out, args.dataset, dim, args.k, s), split.X, split.Y, cluster_label=split.Y,
                     index=np.arange(len(split.X)), meta=meta)
-    report = {"pseudo_label_quality": quality, "train_images": int(len(X_train)), "train_rows": int(len(rows)),
-              "repeated_rows": int(len(rows) - len(X_train)), "seconds": round(time.time() - t0, 1), **meta}
+    report = {"pseudo_label_quality": quality, **({"partition_quality": each} if args.partitions > 1 else {}),
+              "train_images": int(len(X_train)), "train_rows": int(len(rows)),
+              "repeated_rows": int(len(rows) - args.partitions * len(X_train)), "seconds": round(time.time() - t0, 1),
+              **meta}
     save_json(out / "encode.json", report)
-    print(f"k-means K={args.k}: {quality['clusters']} clusters, {report['repeated_rows']} repeated rows; "
-          f"pseudo-labels vs hidden truth (diagnostic): ARI {quality['ari']:.3f} NMI {quality['nmi']:.3f} "
-          f"purity {quality['purity']:.3f}")
+    several = args.partitions > 1
+    print(f"k-means K={args.k}" + (f" x {args.partitions} partitions" if several else "")
+          + f": {quality['clusters']} clusters, {report['repeated_rows']} repeated rows; "
+          + f"pseudo-labels vs hidden truth (diagnostic{', mean of the partitions' if several else ''}): "
+          + f"ARI {quality['ari']:.3f} NMI {quality['nmi']:.3f} purity {quality['purity']:.3f}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The cache format (DESIGN.md §3): one `.npz` per split with uint8 NHWC images.
 
     {name}_cache_{split}.npz          prepared data: X (N,H,W,C) uint8, Y (N,) int64 true labels
-    {dataset}_{dim}_K_{K}_{split}.npz  written by cfe.encode: X, Y, cluster_label (+ index, meta)
+    {dataset}_{dim}_K_{K}_{split}.npz  written by cfe.encode: X, Y, cluster_label (+ index, meta; + partition
+                                       when train holds several k-means partitions: cfe.encode --partitions)
     {dataset}_{dim}_K_{K}_train_clusters.npz   cluster_centers (K,dim)
     {dataset}_{dim}_K_{K}_train_emb.npz        Z (N,dim)
 
@@ -141,6 +142,25 @@ def load_pseudo_labels(path) -> tuple:
     return X, cl, index
 
 
+def load_cluster_partition(path, cluster_label) -> np.ndarray:
+    """(max label + 1,) the k-means partition of each cluster of an encoded train cache, from its per-row
+    `partition` array (cfe.encode --partitions); all zeros when it has none. A cluster spanning two partitions is
+    an error: its label would be shared by two clusterings."""
+    npz = _open(path)
+    n_clusters = int(cluster_label.max()) + 1
+    if "partition" not in npz.files:
+        return np.zeros(n_clusters, np.int64)
+    rows = _check_labels(_get(npz, path, "partition"), len(cluster_label), path, "partition")
+    out = np.zeros(n_clusters, np.int64)
+    out[cluster_label] = rows
+    bad = np.flatnonzero(out[cluster_label] != rows)
+    if len(bad):
+        c = cluster_label[bad[0]]
+        raise UserError(f"{path}: cluster {c} has rows in partitions {sorted(set(rows[cluster_label == c].tolist()))}; "
+                        f"each cluster must belong to one partition")
+    return out
+
+
 def load_array(path, key) -> np.ndarray:
     return _get(_open(path), path, key)
 
@@ -157,13 +177,12 @@ def check_split(X, Y, name) -> tuple:
     return X, _check_labels(np.asarray(Y), len(X), name, "Y")
 
 
-def write_split(path, X, Y, cluster_label=None, index=None, meta=None) -> None:
+def write_split(path, X, Y, cluster_label=None, index=None, meta=None, partition=None) -> None:
     X, Y = check_split(X, Y, str(path))
     arrays = {"X": X, "Y": Y}
-    if cluster_label is not None:
-        arrays["cluster_label"] = np.asarray(cluster_label, dtype=np.int64)
-    if index is not None:
-        arrays["index"] = np.asarray(index, dtype=np.int64)
+    for key, value in (("cluster_label", cluster_label), ("index", index), ("partition", partition)):
+        if value is not None:
+            arrays[key] = np.asarray(value, dtype=np.int64)
     if meta is not None:
         arrays["meta"] = np.array(json.dumps(meta, sort_keys=True))
     save_npz(path, **arrays)

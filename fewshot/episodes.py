@@ -27,7 +27,11 @@ class Task:
 
 
 class EpisodeSampler:
-    def __init__(self, labels, n_way: int, k_shot: int, n_query: int):
+    """Tasks over `labels`. With `groups` (the group of each class, indexed by label), each task first draws one
+    group uniformly, then its N ways among that group's classes: cfe.encode --partitions writes several k-means
+    partitions of the same images as one cache, and a task must not mix them. One group is the same as none."""
+
+    def __init__(self, labels, n_way: int, k_shot: int, n_query: int, groups=None):
         labels = np.asarray(labels)
         if min(n_way, k_shot, n_query) < 1:
             raise UserError(f"ways, shots and queries must be >= 1, got {n_way}/{k_shot}/{n_query}")
@@ -39,10 +43,20 @@ class EpisodeSampler:
                             f"{need} images; this split has {len(self.classes)} (of {len(classes)} classes)")
         self.members = {c: np.flatnonzero(labels == c) for c in self.classes}
         self.n_way, self.k_shot, self.n_query = n_way, k_shot, n_query
+        self.by_group = None  # one array of classes per group, when there are several
+        group_names = None if groups is None else np.unique(np.asarray(groups)[classes])  # groups of all classes
+        if group_names is not None and len(group_names) > 1:
+            group_of = np.asarray(groups)[self.classes]  # of the classes with enough images
+            self.by_group = [self.classes[group_of == g] for g in group_names]
+            few = [(g, len(c)) for g, c in zip(group_names, self.by_group) if len(c) < n_way]
+            if few:
+                raise UserError(f"{n_way}-way tasks need {n_way} classes of >= {need} images in every group "
+                                f"(partition); group {few[0][0]} has {few[0][1]}")
 
     def sample(self, rng: np.random.Generator) -> Task:
         n, k, q = self.n_way, self.k_shot, self.n_query
-        ways = rng.choice(self.classes, size=n, replace=False)  # random order = random relabelling 0..N-1
+        classes = self.classes if self.by_group is None else self.by_group[rng.integers(len(self.by_group))]
+        ways = rng.choice(classes, size=n, replace=False)  # random order = random relabelling 0..N-1
         s_idx, q_idx = [], []
         for c in ways:
             pick = rng.choice(self.members[c], size=k + q, replace=False)

@@ -17,19 +17,28 @@ from fewshot.episodes import Task
 
 
 class ClusterIndex:
-    """Members of each pseudo-class and, for each cluster, the other clusters ordered by centre distance."""
+    """Members of each pseudo-class and, for each cluster, the other clusters ordered by centre distance.
 
-    def __init__(self, cluster_label: np.ndarray, centres: np.ndarray, k: int):
+    With `partition` (K,), the partition of each cluster (cfe.encode --partitions), a cluster's neighbours are
+    those of its own partition only: the others hold the same images under other labels."""
+
+    def __init__(self, cluster_label: np.ndarray, centres: np.ndarray, k: int, partition=None):
         n_clusters = len(centres)
-        if k >= n_clusters:
-            raise ValueError(f"PEM needs k < number of clusters ({k} >= {n_clusters})")
+        partition = np.zeros(n_clusters, np.int64) if partition is None else np.asarray(partition)
+        assert partition.shape == (n_clusters,), (partition.shape, n_clusters)
+        smallest = np.unique(partition, return_counts=True)[1].min()  # clusters in the smallest partition
+        if k >= smallest:
+            raise ValueError(f"PEM needs k < number of clusters in a partition ({k} >= {smallest})")
         self.members = [np.flatnonzero(cluster_label == c) for c in range(n_clusters)]
         c = centres.astype(np.float64)
         d = (c * c).sum(1)[:, None] + (c * c).sum(1)[None] - 2 * c @ c.T  # KxK squared distances
         np.fill_diagonal(d, np.inf)  # a cluster is not its own neighbour
         self.k = k
-        self.order = np.argsort(d, axis=1, kind="stable")[:, :-1]  # Kx(K-1), nearest first, self excluded
-        self.neighbours = self.order[:, :k]  # Kxk
+        order = np.argsort(d, axis=1, kind="stable")[:, :-1]  # Kx(K-1), nearest first, self excluded
+        if len(np.unique(partition)) > 1:  # one array per cluster, of its partition's size - 1
+            order = [o[partition[o] == partition[i]] for i, o in enumerate(order)]
+        self.order = order
+        self.neighbours = np.stack([o[:k] for o in order])  # Kxk
 
     def candidates(self, c: int, exclude) -> np.ndarray:
         """The k nearest clusters to c that are not in `exclude` (the task's other ways)."""

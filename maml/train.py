@@ -3,7 +3,9 @@
     python -m maml.train --train-cache runs/omniglot/caches/omniglot_64_K_500_train.npz \\
         --val-cache runs/omniglot/caches/omniglot_64_K_500_val.npz --out runs/omniglot/maml
 
-Reads the train cache's images and pseudo-labels (never its true labels) and the cluster centres beside it.
+Reads the train cache's images and pseudo-labels (never its true labels) and the cluster centres beside it. A
+cache of several k-means partitions (cfe.encode --partitions) gives each task the clusters of one partition, drawn
+uniformly, and PEM looks for a way's neighbours within its partition.
 Writes into --out: config.json (read back by maml.test), metrics.jsonl, checkpoints/last.pt after every epoch,
 checkpoints/best.pt (highest val accuracy; the last epoch when no --val-cache is given) and
 checkpoints/epoch_NNNN.pt every --save-every epochs (for `maml.test --checkpoint`, e.g. to test shorter budgets
@@ -33,7 +35,7 @@ from fewshot.cli import (
     seed_int,
     unit_float,
 )
-from fewshot.data import load_array, load_pseudo_labels, load_split
+from fewshot.data import load_array, load_cluster_partition, load_pseudo_labels, load_split
 from fewshot.episodes import EpisodeSampler
 from fewshot.errors import UserError, cli_main
 from fewshot.io import RESUMABLE_CHANGES, JsonlLog, prepare_run_dir, provenance
@@ -124,7 +126,7 @@ def clusters_path(train_cache: str) -> Path:
     return p.with_name(p.name[: -len("_train.npz")] + "_train_clusters.npz")
 
 
-def pem_index(args, pseudo) -> ClusterIndex:
+def pem_index(args, pseudo, partition) -> ClusterIndex:
     """PEM's cluster index, after checking the centres fit the pseudo-labels (before the run folder is written)."""
     path = args.clusters or clusters_path(args.train_cache)
     centres = load_array(path, "cluster_centers")
@@ -139,11 +141,13 @@ def pem_index(args, pseudo) -> ClusterIndex:
         shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
         raise UserError(f"{path}: {len(empty)} of {len(centres)} clusters have no images in {args.train_cache} "
                         f"(cluster {shown}); drop their centres and relabel, or pass --no-pem")
-    if not 1 <= args.pem_k < len(centres):
-        raise UserError(f"--pem-k {args.pem_k} must be in 1..{len(centres) - 1} (clusters - 1)")
-    if len(centres) <= args.ways:  # each way's queries come from a cluster that is none of the task's ways
-        raise UserError(f"PEM needs more clusters than ways: {len(centres)} clusters, --ways {args.ways}")
-    return ClusterIndex(pseudo, centres, args.pem_k)
+    smallest = int(np.bincount(partition).min())  # clusters in the smallest partition (all of them: one)
+    if not 1 <= args.pem_k < smallest:
+        raise UserError(f"--pem-k {args.pem_k} must be in 1..{smallest - 1} (clusters "
+                        + ("in the smallest partition " if len(np.unique(partition)) > 1 else "") + "- 1)")
+    if smallest <= args.ways:  # each way's queries come from a cluster that is none of the task's ways
+        raise UserError(f"PEM needs more clusters than ways: {smallest} clusters, --ways {args.ways}")
+    return ClusterIndex(pseudo, centres, args.pem_k, partition)
 
 
 def main(argv=None):
@@ -160,12 +164,15 @@ def main(argv=None):
         X_np, pseudo = train.X, train.Y
     else:
         X_np, pseudo, _ = load_pseudo_labels(args.train_cache)  # images and pseudo-labels only
+    # the k-means partition of each cluster (all 0 but for caches of cfe.encode --partitions)
+    partition = np.zeros(pseudo.max() + 1, np.int64) if args.supervised else \
+        load_cluster_partition(args.train_cache, pseudo)
     h, w, c = X_np.shape[1:]
     if h != w:  # MAMLNet sizes its classifier from one side length
         raise UserError(f"{args.train_cache}: images are {h}x{w}; MAML's network needs square images")
     check_image_side(h, args.train_cache)
-    sampler = EpisodeSampler(pseudo, args.ways, args.shots, args.queries)
-    index = pem_index(args, pseudo) if args.pem else None
+    sampler = EpisodeSampler(pseudo, args.ways, args.shots, args.queries, groups=partition)
+    index = pem_index(args, pseudo, partition) if args.pem else None
     val = load_split(args.val_cache) if args.val_cache else None
     if val is not None and val.X.shape[1:] != X_np.shape[1:]:
         raise UserError(f"{args.val_cache}: images {val.X.shape[1:]} differ from the train cache's {X_np.shape[1:]}")

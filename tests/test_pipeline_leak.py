@@ -1,6 +1,7 @@
 """No training step reads the train split's true labels: replacing them changes nothing but the diagnostics.
 
-The chain cfe.train -> cfe.encode -> maml.train (PEM on) runs on copies of a small synthetic dataset that differ
+The chain cfe.train -> cfe.encode -> maml.train (PEM on), and its variant with neighbour smoothing and two k-means
+partitions (cfe.encode --knn-smooth 2 --partitions 2), runs on copies of a small synthetic dataset that differ
 only in the train split's labels Y: the true ones, a permutation of them, and random labels of another number of
 classes and other class sizes.
 Weights, pseudo-labels and the MAML+PEM model must be bit-identical; the pseudo-label quality reported against
@@ -50,16 +51,17 @@ def pipeline(data: Path, runs: Path) -> dict:
     common = ["--threads", "1", "--device", "cpu", "--seed", "3"]
     cfe_train.main(["--data", str(prepared_path(data, NAME, "train")), "--out", str(runs / "cfe"), "--epochs", "2",
                     "--batch-size", "64", "--queue-size", "256", "--hidden", "16", "--dim", str(DIM), *common])
-    cfe_encode.main(["--checkpoint", str(runs / "cfe/checkpoints/last.pt"), "--data-dir", str(data),
-                     "--dataset", NAME, "--out", str(runs / "caches"), "--k", str(K), "--min-cluster-size", "20",
-                     "--niter", "20", *common])
-    caches = {s: encoded_path(runs / "caches", NAME, DIM, K, s)
-              for s in ("train", "val", "test", "train_clusters", "train_emb")}
-    maml_train.main(["--train-cache", str(caches["train"]), "--val-cache", str(caches["val"]),
-                     "--out", str(runs / "maml"), "--epochs", "2", "--batches-per-epoch", "3", "--meta-batch", "2",
-                     "--hidden", "8", "--pem-warmup", "0", "--pem-eta", "0", "--pem-k", "3", "--val-tasks", "5",
-                     "--val-steps", "1", *common])
-    return caches
+    for name, extra in (("", []), ("-p2", ["--knn-smooth", "2", "--partitions", "2"])):
+        cfe_encode.main(["--checkpoint", str(runs / "cfe/checkpoints/last.pt"), "--data-dir", str(data),
+                         "--dataset", NAME, "--out", str(runs / f"caches{name}"), "--k", str(K),
+                         "--min-cluster-size", "20", "--niter", "20", *extra, *common])
+        maml_train.main(["--train-cache", str(encoded_path(runs / f"caches{name}", NAME, DIM, K, "train")),
+                         "--val-cache", str(encoded_path(runs / f"caches{name}", NAME, DIM, K, "val")),
+                         "--out", str(runs / f"maml{name}"), "--epochs", "2", "--batches-per-epoch", "3",
+                         "--meta-batch", "2", "--hidden", "8", "--pem-warmup", "0", "--pem-eta", "0", "--pem-k", "3",
+                         "--val-tasks", "5", "--val-steps", "1", *common])
+    return {s: encoded_path(runs / "caches", NAME, DIM, K, s)
+            for s in ("train", "val", "test", "train_clusters", "train_emb")}
 
 
 def ckpt(path):
@@ -129,6 +131,14 @@ def test_replacing_train_labels_changes_nothing_but_diagnostics(true_run, tmp_pa
     assert_same_state(ma["eval_model"], mb["eval_model"], "maml eval model")
     rows = [json.loads(line) for line in (a / "maml/metrics.jsonl").read_text().splitlines()]
     assert [r["pem_rebuilt_batches"] for r in rows] == [3, 3]
+
+    # the variant: smoothed embedding, two partitions side by side in the train cache, MAML + PEM on them
+    pa, pb = (np.load(encoded_path(r / "caches-p2", NAME, DIM, K, "train")) for r in (a, b))
+    for key in ("X", "cluster_label", "index", "partition"):
+        assert np.array_equal(pa[key], pb[key]), key
+    assert set(pa["partition"].tolist()) == {0, 1} and not np.array_equal(pa["Y"], pb["Y"])
+    ma, mb = ckpt(a / "maml-p2/checkpoints/last.pt"), ckpt(b / "maml-p2/checkpoints/last.pt")
+    assert_same_state(ma["model"], mb["model"], "maml model (partitions)")
 
     # only the diagnostics differ, and they must: the labels really were changed
     qa = json.loads((a / "caches/encode.json").read_text())["pseudo_label_quality"]

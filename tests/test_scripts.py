@@ -85,6 +85,8 @@ def test_test_shots_chooses_the_meta_tests(tmp_path, shots, tests):
     ({"PEM": "on"}, "PEM must be 0 or 1"),
     ({"META_LR_SCHEDULE": "step"}, "META_LR_SCHEDULE must be constant or cosine"),
     ({"KNN_SMOOTH": "-5"}, "KNN_SMOOTH must be a whole number"),
+    ({"PARTITIONS": "0"}, "PARTITIONS must be a whole number >= 1"),
+    ({"PARTITIONS": "2.5"}, "PARTITIONS must be a whole number >= 1"),
 ])
 def test_bad_variables_give_one_line_and_run_nothing(tmp_path, env, message):
     rc, err, calls = run_script(tmp_path, **env)
@@ -139,7 +141,7 @@ def test_finished_stages_are_skipped_until_what_they_were_made_from_changes(tmp_
     assert stages(calls) == ["cfe.encode", "maml.train", "maml.test 5", "fewshot.report"]
 
 
-def test_caches_are_encoded_again_when_knn_smooth_changes(tmp_path):
+def test_caches_are_encoded_again_when_knn_smooth_or_partitions_change(tmp_path):
     caches = tmp_path / "run" / "caches"
     ckpt = tmp_path / "run" / "cfe" / "checkpoints" / "epoch_0090.pt"
     for t, path in enumerate((ckpt, caches / "omniglot_64_K_500_train.npz", caches / "encode.json")):
@@ -157,6 +159,16 @@ def test_caches_are_encoded_again_when_knn_smooth_changes(tmp_path):
         rc, err, calls = run_script(tmp_path, CFE_EPOCHS="90", KNN_SMOOTH=knn)
         assert rc == 0, err
         assert ("cfe.encode" in stages(calls)) == encoded, knn
+    for parts, encoded in (("", False), ("1", False), ("10", True)):  # before the option: one partition
+        rc, err, calls = run_script(tmp_path, CFE_EPOCHS="90", KNN_SMOOTH="5", PARTITIONS=parts)
+        assert rc == 0, err
+        assert ("cfe.encode" in stages(calls)) == encoded, parts
+    assert option(args_of(calls, "cfe.encode"), "--partitions") == "10"
+    (caches / "config.json").write_text('{\n  "k": 500,\n  "knn_smooth": 5,\n  "partitions": 10\n}')
+    for parts, encoded in (("10", False), ("1", True)):
+        rc, err, calls = run_script(tmp_path, CFE_EPOCHS="90", KNN_SMOOTH="5", PARTITIONS=parts)
+        assert rc == 0, err
+        assert ("cfe.encode" in stages(calls)) == encoded, parts
 
 
 def test_failed_data_preparation_leaves_no_run_folder(tmp_path):

@@ -49,10 +49,13 @@ class PartitionSampler:
         return self.base.sample(rng)
 
 
-T.EpisodeSampler = lambda labels, *a: PartitionSampler(labels, *a) if labels is bank_y else _Sampler(labels, *a)
+# (the `**kw` and `_partition` arguments follow maml.train since cfe.encode --partitions, which this pilot became;
+# the real train cache has no `partition` array, so maml.train passes one partition, which these patches ignore)
+T.EpisodeSampler = lambda labels, *a, **kw: (PartitionSampler(labels, *a) if labels is bank_y
+                                             else _Sampler(labels, *a, **kw))
 
 
-def pem_index(args, pseudo):
+def pem_index(args, pseudo, _partition):
     index = ClusterIndex(pseudo, centres, args.pem_k)
     index.order = [o[part_of[o] == part_of[c]] for c, o in enumerate(index.order)]  # same partition only
     return index

@@ -13,7 +13,14 @@ import torch
 from cfe import encode
 from cfe.encode import embed, kmeans, knn_smooth, repeat_small_clusters
 from cfe.train import load_cfe
-from fewshot.data import load_array, load_pseudo_labels, load_split, prepared_path, write_split
+from fewshot.data import (
+    load_array,
+    load_cluster_partition,
+    load_pseudo_labels,
+    load_split,
+    prepared_path,
+    write_split,
+)
 from fewshot.errors import UserError
 from fewshot.io import atomic_path, load_json, read_jsonl, save_npz
 from tests.conftest import ENCODE_K, ENCODE_MIN, file_bytes, files_under
@@ -263,6 +270,56 @@ def test_knn_smooth_run_clusters_the_smoothed_embedding_without_the_true_labels(
     with pytest.raises(UserError, match="--knn-smooth 800 must be smaller than the number of train images"):
         encode.main(encode_argv(cfe_checkpoint, prepared.root, prepared.name, tmp_path / "bad")
                     + ["--knn-smooth", "800"])
+    assert not (tmp_path / "bad").exists()
+
+
+def test_partitions_are_k_means_runs_with_successive_seeds_side_by_side(encoded, prepared, cfe_checkpoint,
+                                                                         tmp_path):
+    """--partitions 3 --seed 4: partition p is what a one-partition run with --seed 4 + p makes, relabelled after
+    the partitions before it; every train image is in every partition; the true train labels play no part."""
+    data = tmp_path / "data"
+    for s in ("train", "val", "test"):
+        Y = prepared.Y[s]
+        write_split(prepared_path(data, prepared.name, s), prepared.X[s],
+                    np.random.default_rng(2).permutation(Y) if s == "train" else Y)
+    stem = f"{prepared.name}_16_K_{ENCODE_K}"
+    runs = {}
+    for name, data_dir, extra in (("three", prepared.root, ["--partitions", "3", "--seed", "4"]),
+                                  ("permuted", data, ["--partitions", "3", "--seed", "4"]),
+                                  ("seed5", prepared.root, ["--seed", "5"])):
+        encode.main(encode_argv(cfe_checkpoint, data_dir, prepared.name, tmp_path / name) + extra)
+        runs[name] = load_split(tmp_path / name / f"{stem}_train.npz")
+    three, n = runs["three"], len(prepared.X["train"])
+    part = load_array(tmp_path / "three" / f"{stem}_train.npz", "partition")
+    assert sorted(set(part.tolist())) == [0, 1, 2] and np.all(np.diff(part) >= 0)
+    centres = load_array(tmp_path / "three" / f"{stem}_train_clusters.npz", "cluster_centers")
+    assert three.meta["partitions"] == 3 and three.meta["clusters"] == len(centres) == three.cluster_label.max() + 1
+    of_cluster = load_cluster_partition(tmp_path / "three" / f"{stem}_train.npz", three.cluster_label)
+    assert np.array_equal(of_cluster[three.cluster_label], part)
+    offset = 0
+    for p in range(3):
+        rows = part == p
+        assert set(three.index[rows].tolist()) == set(range(n))  # every image, once or repeated
+        assert np.bincount(three.cluster_label[rows] - offset).min() >= ENCODE_MIN
+        if p == 1:  # the same rows and labels as a one-partition run with seed 4 + 1
+            assert np.array_equal(three.index[rows], runs["seed5"].index)
+            assert np.array_equal(three.cluster_label[rows] - offset, runs["seed5"].cluster_label)
+        offset = three.cluster_label[rows].max() + 1
+    assert np.array_equal(three.cluster_label, runs["permuted"].cluster_label)  # labels never reach k-means
+    assert not np.array_equal(three.Y, runs["permuted"].Y)
+    emb = np.load(tmp_path / "three" / f"{stem}_train_emb.npz")
+    assert emb["partition_labels"].shape == (3, n) and np.array_equal(emb["cluster_label"], emb["partition_labels"][0])
+    report = load_json(tmp_path / "three" / "encode.json")
+    assert len(report["partition_quality"]) == 3 and report["train_rows"] == len(part)
+    mean_ari = np.mean([q["ari"] for q in report["partition_quality"]])
+    assert report["pseudo_label_quality"]["ari"] == pytest.approx(mean_ari)
+    # a one-partition cache has no partition array (as upstream's): one partition of every cluster
+    assert "partition" not in np.load(encoded.path["train"]).files
+    _, labels, _ = load_pseudo_labels(encoded.path["train"])
+    assert not load_cluster_partition(encoded.path["train"], labels).any()
+    with pytest.raises(UserError, match="exceeds 2\\*\\*31 - 1"):
+        encode.main(encode_argv(cfe_checkpoint, prepared.root, prepared.name, tmp_path / "bad")
+                    + ["--partitions", "2", "--seed", str(2**31 - 1)])
     assert not (tmp_path / "bad").exists()
 
 

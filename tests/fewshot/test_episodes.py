@@ -74,6 +74,23 @@ def test_classes_too_small_for_the_task_are_never_drawn():
     assert all(set(sampler.sample(rng).classes) == {0, 1, 2, 3, 4} for _ in range(10))
 
 
+def test_groups_keep_each_task_within_one_group_and_draw_each_group():
+    """Labels 100-111 in groups by label: 100-105 -> 0, 106-111 -> 1 (as partitions side by side in one cache)."""
+    groups = np.zeros(112, np.int64)
+    groups[106:] = 1
+    sampler, rng = EpisodeSampler(LABELS, 5, 1, 2, groups=groups), np.random.default_rng(0)
+    seen = [set(groups[sampler.sample(rng).classes].tolist()) for _ in range(200)]
+    assert all(len(g) == 1 for g in seen)  # never two groups in one task
+    assert 60 < sum(g == {1} for g in seen) < 140  # each group about half the time
+    # one group is the same as none: the same tasks from the same seed
+    a, b = EpisodeSampler(LABELS, 5, 1, 2), EpisodeSampler(LABELS, 5, 1, 2, groups=np.zeros(112, np.int64))
+    ra, rb = np.random.default_rng(3), np.random.default_rng(3)
+    assert all(np.array_equal(a.sample(ra).support, b.sample(rb).support) for _ in range(10))
+    groups[104:106] = 1  # group 0 now has 4 classes, too few for 5 ways
+    with pytest.raises(UserError, match="5 classes of >= 3 images in every group \\(partition\\); group 0 has 4"):
+        EpisodeSampler(LABELS, 5, 1, 2, groups=groups)
+
+
 @pytest.mark.parametrize("n,k,q,message", [
     (13, 1, 1, "need 13 classes .* this split has 12"),  # more ways than classes
     (5, 6, 5, "need 5 classes of >= 11 images; this split has 0"),  # too few images per class

@@ -79,6 +79,21 @@ def test_cluster_index_neighbours_exclude_self_and_are_sorted_by_distance():
         ClusterIndex(labels, centres, k=30)
 
 
+def test_cluster_index_with_partitions_orders_each_clusters_own_partition_only():
+    """30 clusters in partitions of 10 (0-9, 10-19, 20-29): a cluster's neighbours, nearest first, are the 9 others
+    of its partition, in the order they have among all 29."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(30, 8)).astype(np.float32)
+    labels, part = rng.integers(0, 30, size=500), np.repeat([0, 1, 2], 10)
+    index, whole = ClusterIndex(labels, centres, k=4, partition=part), ClusterIndex(labels, centres, k=4)
+    for c in range(30):
+        assert np.array_equal(index.order[c], [o for o in whole.order[c] if part[o] == part[c]])
+        assert len(index.order[c]) == 9 and np.array_equal(index.neighbours[c], index.order[c][:4])
+        assert set(index.candidates(c, [c, (c + 1) % 30])) <= set(range(10 * part[c], 10 * part[c] + 10))
+    with pytest.raises(ValueError, match="k < number of clusters in a partition \\(10 >= 10\\)"):
+        ClusterIndex(labels, centres, k=10, partition=part)
+
+
 def test_cluster_index_on_the_example(example):
     index = ClusterIndex(example["labels"], example["centres"], k=2)
     assert index.neighbours[0].tolist() == [1, 2]
