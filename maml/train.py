@@ -141,7 +141,7 @@ def pem_index(args, pseudo, partition) -> ClusterIndex:
         shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
         raise UserError(f"{path}: {len(empty)} of {len(centres)} clusters have no images in {args.train_cache} "
                         f"(cluster {shown}); drop their centres and relabel, or pass --no-pem")
-    smallest = int(np.bincount(partition).min())  # clusters in the smallest partition (all of them: one)
+    smallest = int(np.unique(partition, return_counts=True)[1].min())  # clusters in the smallest partition
     if not 1 <= args.pem_k < smallest:
         raise UserError(f"--pem-k {args.pem_k} must be in 1..{smallest - 1} (clusters "
                         + ("in the smallest partition " if len(np.unique(partition)) > 1 else "") + "- 1)")
