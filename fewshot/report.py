@@ -69,7 +69,11 @@ def summarise(root: Path) -> list:
     encode_json = root / "caches" / "encode.json"
     enc = _object(encode_json, load_json(encode_json)) if encode_json.is_file() else {}
     quality = _object(encode_json, enc.get("pseudo_label_quality") or {})
-    ari, nmi = (_number(quality, k, encode_json) for k in ("ari", "nmi"))
+    ari, nmi = (_number(quality, k, encode_json) for k in ("ari", "nmi"))  # with partitions: their mean
+    # pseudo-labels made otherwise than the paper's (cfe.encode --knn-smooth, --partitions) say so in the table
+    smooth, parts = (_number(enc, k, encode_json) for k in ("knn_smooth", "partitions"))
+    variant = ", ".join(([f"{parts:g} k-means partitions"] if parts and parts > 1 else [])
+                        + ([f"embeddings smoothed over {smooth:g} neighbours"] if smooth else []))
     rows = []
     for run in sorted(root.glob("maml*")):
         if not (run / "config.json").is_file():
@@ -77,6 +81,8 @@ def summarise(root: Path) -> list:
         cfg = _object(run / "config.json", load_json(run / "config.json"))
         method = ("MAML, true labels (supervised)" if cfg.get("supervised")
                   else "MAML + PEM" if cfg.get("pem") else "MAML (PEM off)")
+        if variant and not cfg.get("supervised"):
+            method += f", {variant}"
         row = {"method": method, "run": str(run),
                "maml_epochs": cfg.get("epochs"),
                "ari": ari, "nmi": nmi,

@@ -33,6 +33,18 @@ def test_summary_reads_every_stage(tmp_path):
     assert "| 2.0 | 0.5 | 2.0 | 3.0 |" in table
 
 
+def test_pseudo_labels_made_otherwise_than_the_papers_are_named(tmp_path):
+    make_pipeline(tmp_path)
+    save_json(tmp_path / "caches" / "encode.json", {"pseudo_label_quality": {"ari": 0.5, "nmi": 0.9}, "seconds": 30,
+                                                    "knn_smooth": 5, "partitions": 10})
+    assert {r["method"] for r in summarise(tmp_path)} == {
+        "MAML + PEM, 10 k-means partitions, embeddings smoothed over 5 neighbours",
+        "MAML (PEM off), 10 k-means partitions, embeddings smoothed over 5 neighbours"}
+    save_json(tmp_path / "caches" / "encode.json", {"pseudo_label_quality": {"ari": 0.5, "nmi": 0.9}, "seconds": 30,
+                                                    "knn_smooth": 0, "partitions": 1})
+    assert {r["method"] for r in summarise(tmp_path)} == {"MAML + PEM", "MAML (PEM off)"}
+
+
 def test_an_epoch_logged_twice_counts_once(tmp_path):
     make_pipeline(tmp_path)
     JsonlLog(tmp_path / "cfe" / "metrics.jsonl").write(epoch=2, seconds=70)  # epoch 2 again, after a kill
