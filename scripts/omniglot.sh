@@ -71,8 +71,8 @@ MIN_CLUSTER=${MIN_CLUSTER:-20}
 KNN_SMOOTH=${KNN_SMOOTH:-0}
 case "$KNN_SMOOTH" in *[!0-9]*) echo "error: KNN_SMOOTH must be a whole number (0: off), got '$KNN_SMOOTH'" >&2; exit 2 ;; esac
 # k-means PARTITIONS times (seeds SEED, SEED + 1, ...), each MAML task drawn from one partition (1: upstream; NOTE: not
-# in the paper, as CACTUs; 10 with KNN_SMOOTH=5 gave +0.66 ± 0.30 points at 1 shot on the paper preset's caches,
-# RESULTS.md); the train cache holds every partition, PARTITIONS times the images; a new value needs a new RUN_DIR
+# in the paper, as CACTUs; 10 with KNN_SMOOTH=5 gave +0.66 and +0.39 points at 1 shot on two CFE seeds of the paper
+# preset, RESULTS.md); the train cache holds every partition, PARTITIONS times the images; a new value needs a new RUN_DIR
 PARTITIONS=${PARTITIONS:-1}
 case "$PARTITIONS" in ''|*[!0-9]*|0*) echo "error: PARTITIONS must be a whole number >= 1, got '$PARTITIONS'" >&2; exit 2 ;; esac
 # MAML + PEM (upstream scripts/omni-maml-pem.sh, train_un_maml_pem.py)
