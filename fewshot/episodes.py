@@ -44,9 +44,10 @@ class EpisodeSampler:
         self.members = {c: np.flatnonzero(labels == c) for c in self.classes}
         self.n_way, self.k_shot, self.n_query = n_way, k_shot, n_query
         self.by_group = None  # one array of classes per group, when there are several
-        group_names = None if groups is None else np.unique(np.asarray(groups)[classes])  # groups of all classes
+        groups = None if groups is None else np.asarray(groups)
+        group_names = None if groups is None else np.unique(groups[classes])  # groups of all classes
         if group_names is not None and len(group_names) > 1:
-            group_of = np.asarray(groups)[self.classes]  # of the classes with enough images
+            group_of = groups[self.classes]  # of the classes with enough images
             self.by_group = [self.classes[group_of == g] for g in group_names]
             few = [(g, len(c)) for g, c in zip(group_names, self.by_group) if len(c) < n_way]
             if few:
