@@ -6,8 +6,9 @@
 
 Reads the training run's config.json (architecture, inner step size, caches) and its best checkpoint. Writes
 results/test_{ways}w{shots}s.json into the run folder (or --output) and prints the result; tasks from another
-cache or an episodes file, and other checkpoints (`--checkpoint last` or a snapshot epoch_NNNN.pt), add their
-names (results/test_{ways}w{shots}s_{cache}_{checkpoint}.json), so they never replace the run's own result.
+cache or an episodes file, and other checkpoints (`--checkpoint last`, a snapshot epoch_NNNN.pt, or `best@N`: the
+model the run would have selected had it meta-trained N epochs), add their names
+(results/test_{ways}w{shots}s_{cache}_{checkpoint}.json), so they never replace the run's own result.
 An existing result file is replaced only by a test with the same settings (caches with one file name share a
 result name: pass --output for the other). With --episodes, ways and shots are the file's, and a file saved with
 --save-episodes must be evaluated on the split it was drawn from. A test cache that is the run's train cache, or
@@ -15,6 +16,7 @@ shares classes (true labels) with it, is refused unless --allow-seen-classes.
 """
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -22,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fewshot.checkpoint import load_checkpoint, load_state
+from fewshot.checkpoint import load_checkpoint, load_state, snapshot_path
 from fewshot.cli import DEVICE_HELP, THREADS_HELP, HelpFormatter, nonneg_int, positive_float, positive_int, seed_int
 from fewshot.data import array_names, assert_disjoint_classes, load_array, load_split
 from fewshot.datasets import image_file_loader
 from fewshot.episodes import EpisodeSampler, load_episodes, save_episodes
 from fewshot.errors import UserError, cli_main
-from fewshot.io import load_json, provenance, save_json
+from fewshot.io import load_json, provenance, read_jsonl, save_json
 from fewshot.metrics import CI95_METHOD, mean_ci95
 from fewshot.report import result_name
 from fewshot.runtime import epoch_seed, pick_device, set_threads
@@ -41,7 +43,9 @@ def get_parser():
                                 formatter_class=HelpFormatter)
     p.add_argument("--run", required=True, help="maml.train run folder (holds config.json and checkpoints/)")
     p.add_argument("--checkpoint", default="best",
-                   help="best (the run's selection), last, or a checkpoint path such as RUN/checkpoints/epoch_0040.pt")
+                   help="best (the run's selection), last, a checkpoint path such as RUN/checkpoints/epoch_0040.pt, "
+                        "or best@N: the snapshot a run of N epochs would have selected (shorter budgets of a "
+                        "constant-rate run trained with --save-every 1)")
     p.add_argument("--cache", help="labelled split to test on; default: the test cache beside the train cache")
     p.add_argument("--dataset", help="dataset name, to read image files named in --episodes (e.g. omniglot)")
     p.add_argument("--ways", type=positive_int, help="ways per task (default: 5; with --episodes, the file's)")
@@ -151,8 +155,39 @@ def training_classes_in(cache: str, test_labels: np.ndarray, train_cache: str, a
     return int(len(np.intersect1d(test_labels, train_labels)))
 
 
+BUDGET = re.compile(r"best@([1-9][0-9]*)")  # --checkpoint best@N
+
+
 def checkpoint_path(run: Path, name: str) -> Path:
     return run / "checkpoints" / f"{name}.pt" if name in ("best", "last") else Path(name)
+
+
+def budget_snapshot(run: Path, cfg: dict, budget: int) -> tuple[Path, int]:
+    """(snapshot path, epoch) of `--checkpoint best@N`: the model this run would have selected had it meta-trained
+    N epochs, so shorter budgets are tested without training again. With the constant meta-learning rate nothing
+    in an epoch depends on the total budget (the rate is the only setting that reads it), so the first N epochs
+    of a longer run are those of an N-epoch run of the same seed, and its selection is the epoch with the highest
+    val accuracy among the first N, the later on a tie (as maml.train keeps; the latest without a val split).
+    That epoch's snapshot must exist: train with --save-every 1 to test any budget."""
+    schedule = cfg.get("meta_lr_schedule", "constant")
+    if schedule != "constant":
+        raise UserError(f"{run}: meta-trained with the {schedule} meta-learning rate, whose every step depends on "
+                        "the total budget; best@N needs the constant rate")
+    metrics = run / "metrics.jsonl"
+    if not metrics.is_file():
+        raise UserError(f"{metrics}: not found; best@N reads the run's val accuracies from it")
+    rows = {r.get("epoch"): r for r in read_jsonl(metrics) if isinstance(r, dict)}
+    if any(e not in rows for e in range(1, budget + 1)):
+        raise UserError(f"{metrics}: holds {len(rows)} epochs; best@{budget} needs epochs 1 to {budget}")
+    score = {e: rows[e].get("val_acc", e) for e in range(1, budget + 1)}  # no val split: the latest epoch
+    if not all(isinstance(v, (int, float)) for v in score.values()):
+        raise UserError(f"{metrics}: a val_acc among epochs 1 to {budget} is not a number")
+    epoch = max(score, key=lambda e: (score[e], e))
+    path = snapshot_path(run, epoch)
+    if not path.is_file():
+        raise UserError(f"{path}: not found; best@{budget} selects epoch {epoch}, whose snapshot the run did not "
+                        f"keep (it kept every {cfg.get('save_every', '?')}); train with --save-every 1")
+    return path, epoch
 
 
 def checked_arch(ckpt: dict, path) -> dict:
@@ -195,12 +230,20 @@ def main(argv=None):
     device = pick_device(args.device)
     run = Path(args.run)
     cfg = load_json(run / "config.json")
-    ckpt_path = checkpoint_path(run, args.checkpoint)
+    budget = BUDGET.fullmatch(args.checkpoint)
+    if budget:
+        ckpt_path, epoch = budget_snapshot(run, cfg, int(budget[1]))
+    else:
+        ckpt_path = checkpoint_path(run, args.checkpoint)
     selected = ckpt_path.resolve() == (run / "checkpoints" / "best.pt").resolve()
     ckpt = load_checkpoint(ckpt_path, "maml", required=("model", "arch", "epoch", "selection") if selected
                            else ("model", "arch", "epoch"))
     arch = checked_arch(ckpt, ckpt_path)
     selection = ckpt["selection"] if selected else f"{ckpt_path.stem} checkpoint, not the run's selection"
+    if budget:
+        if ckpt["epoch"] != epoch:
+            raise UserError(f"{ckpt_path}: holds epoch {ckpt['epoch']}, not {epoch} as its name says")
+        selection = f"{ckpt_path.stem}: the selection within the first {budget[1]} epochs"
 
     train_cache = recorded_path(run, cfg, cfg["train_cache"])
     own = default_test_cache(cfg["train_cache"])  # the run's own test split
@@ -232,7 +275,8 @@ def main(argv=None):
                 "seed": None if args.episodes else args.seed, "tasks": len(tasks), "ways": ways, "shots": shots,
                 "queries": queries, "steps": args.steps, "inner_lr": inner_lr}
     out = Path(args.output) if args.output else \
-        run / "results" / result_name(ways, shots, elsewhere, None if selected else ckpt_path)
+        run / "results" / result_name(ways, shots, elsewhere, args.checkpoint if budget else
+                                      None if selected else ckpt_path)
     check_output(out, settings)
     if args.save_episodes:
         save_episodes(args.save_episodes, tasks, cache, {"ways": ways, "shots": shots, "queries": queries,

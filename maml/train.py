@@ -8,8 +8,8 @@ cache of several k-means partitions (cfe.encode --partitions) gives each task th
 uniformly, and PEM looks for a way's neighbours within its partition.
 Writes into --out: config.json (read back by maml.test), metrics.jsonl, checkpoints/last.pt after every epoch,
 checkpoints/best.pt (highest val accuracy; the last epoch when no --val-cache is given) and
-checkpoints/epoch_NNNN.pt every --save-every epochs (for `maml.test --checkpoint`, e.g. to test shorter budgets
-with the constant meta-learning rate).
+checkpoints/epoch_NNNN.pt every --save-every epochs (for `maml.test --checkpoint`, e.g. `best@N` to test a
+shorter budget with the constant meta-learning rate).
 """
 
 import argparse

@@ -94,7 +94,8 @@ PEM_K=${PEM_K:-5}
 # VAL_TASKS=800 scored +0.18 ± 0.30 points at 1 shot at the paper budget (RESULTS.md)
 VAL_TASKS=${VAL_TASKS:-300}
 VAL_STEPS=${VAL_STEPS:-$INNER_STEPS}      # upstream validates with the training adaptation steps
-MAML_SAVE_EVERY=${MAML_SAVE_EVERY:-10}    # keep checkpoints/epoch_NNNN.pt every N epochs (0: none)
+MAML_SAVE_EVERY=${MAML_SAVE_EVERY:-10}    # keep checkpoints/epoch_NNNN.pt every N epochs (0: none; 1: any
+                                          # shorter budget can be tested, maml.test --checkpoint best@N)
 # meta-test (upstream test.py: 1,000 tasks, 50 steps)
 TEST_TASKS=${TEST_TASKS:-1000}
 TEST_STEPS=${TEST_STEPS:-$d_test_steps}

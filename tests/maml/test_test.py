@@ -1,6 +1,7 @@
 """maml.test: results JSON, saved episodes evaluate to the same accuracy, episodes naming image files, errors."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -268,6 +269,55 @@ def test_other_checkpoints_get_their_own_result_file(own_run):
     evaluate_run(own_run, "--tasks", 4, "--checkpoint", own_run / "checkpoints" / "best.pt")  # the selection itself
     assert results(own_run / "results" / "test_5w1s.json")["tasks"] == 4
     assert results(own_run / "results" / "test_5w1s.json")["model_selection"] == "last epoch (no val split)"
+
+
+def test_best_within_a_budget_is_the_snapshot_a_shorter_run_would_select(own_run):
+    """--checkpoint best@N tests the snapshot of the epoch a run of N epochs would have selected, under its own
+    result name; here the run has no val split, so that is epoch N (maml.train's tests check the val choice)."""
+    ckpts = own_run / "checkpoints"
+    (ckpts / "epoch_0001.pt").write_bytes((ckpts / "last.pt").read_bytes())  # the 1-epoch run's snapshot
+    evaluate_run(own_run, "--tasks", 3, "--checkpoint", "best@1")
+    evaluate_run(own_run, "--tasks", 3, "--checkpoint", ckpts / "epoch_0001.pt")
+    res = results(own_run / "results" / "test_5w1s_best@1.json")
+    assert res["checkpoint"] == str(ckpts / "epoch_0001.pt") and res["checkpoint_epoch"] == 1
+    assert res["model_selection"] == "epoch_0001: the selection within the first 1 epochs"
+    assert res["per_task_accuracy"] == results(own_run / "results" / "test_5w1s_epoch_0001.json")["per_task_accuracy"]
+    assert not (own_run / "results" / "test_5w1s.json").exists()
+
+
+def budget_run(root: Path, val_accs, snapshots, schedule="constant") -> tuple[Path, dict]:
+    """A run folder holding only what best@N reads: metrics rows, (empty) snapshot files and the config."""
+    (root / "checkpoints").mkdir(parents=True)
+    rows = [{"epoch": e, "val_acc": v} for e, v in enumerate(val_accs, 1)]
+    (root / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for e in snapshots:
+        (root / "checkpoints" / f"epoch_{e:04d}.pt").touch()
+    return root, {"meta_lr_schedule": schedule, "save_every": 2}
+
+
+def test_best_within_a_budget_takes_the_highest_val_accuracy_the_later_on_ties(tmp_path):
+    run, cfg = budget_run(tmp_path, [0.6, 0.9, 0.8, 0.9, 0.7], snapshots=range(1, 6))
+    assert [maml_test.budget_snapshot(run, cfg, n)[1] for n in range(1, 6)] == [1, 2, 2, 4, 4]
+
+
+@pytest.mark.parametrize("val_accs, snapshots, schedule, budget, message", [
+    ([0.6, 0.9], [1, 2], "constant", 3, "holds 2 epochs; best@3 needs epochs 1 to 3"),
+    ([0.6, 0.7, 0.9, 0.8], [2, 4], "constant", 4, "best@4 selects epoch 3"),
+    ([0.9, 0.6], [2], "constant", 2, "best@2 selects epoch 1, whose snapshot the run did not keep (it kept every 2)"),
+    ([0.6, 0.9], [1, 2], "cosine", 1, "the cosine meta-learning rate"),
+    ([0.6, "x"], [1, 2], "constant", 2, "a val_acc among epochs 1 to 2 is not a number"),
+])
+def test_best_within_a_budget_refuses_what_it_cannot_select(tmp_path, val_accs, snapshots, schedule, budget, message):
+    run, cfg = budget_run(tmp_path, val_accs, snapshots, schedule)
+    with pytest.raises(UserError, match=re.escape(message)):
+        maml_test.budget_snapshot(run, cfg, budget)
+
+
+def test_best_within_a_budget_needs_the_metrics(own_run, run_main):
+    (own_run / "metrics.jsonl").unlink()
+    res = run_main("maml.test", ["--run", own_run, "--checkpoint", "best@1", "--threads", 1, "--device", "cpu"])
+    assert res.code != 0 and res.err.startswith("error: ") and "metrics.jsonl: not found; best@N reads" in res.err
+    assert len(res.err.strip().splitlines()) == 1 and not (own_run / "results").exists()
 
 
 def strict_json(path):

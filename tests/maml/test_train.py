@@ -13,6 +13,7 @@ from fewshot.data import load_split, write_split
 from fewshot.errors import UserError
 from fewshot.io import read_jsonl, save_npz
 from fewshot.runtime import seed_everything
+from maml import test as maml_test
 from maml import train as maml_train
 from maml.maml import MAMLNet
 from tests.conftest import file_bytes, files_under
@@ -307,6 +308,11 @@ def test_best_is_the_epoch_of_highest_val_accuracy_the_later_on_ties(caches, tmp
     best = load(out, "best")
     assert best["epoch"] == 3 and best["best_acc"] == pytest.approx(0.7)
     assert_same(best["model"], load(out, "epoch_0003")["model"])
+    # maml.test --checkpoint best@N makes the same choice among the first N epochs (shorter budgets, one run)
+    cfg = json.loads((out / "config.json").read_text())
+    chosen = [maml_test.budget_snapshot(out, cfg, n) for n in (1, 2, 3, 4)]
+    assert [epoch for _, epoch in chosen] == [1, 2, 3, 3]
+    assert [path.name for path, _ in chosen] == ["epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt", "epoch_0003.pt"]
 
 
 @pytest.mark.parametrize("option, value, kind", [
