@@ -168,7 +168,8 @@ def budget_snapshot(run: Path, cfg: dict, budget: int) -> tuple[Path, int]:
     in an epoch depends on the total budget (the rate is the only setting that reads it), so the first N epochs
     of a longer run are those of an N-epoch run of the same seed, and its selection is the epoch with the highest
     val accuracy among the first N, the later on a tie (as maml.train keeps; the latest without a val split).
-    That epoch's snapshot must exist: train with --save-every 1 to test any budget."""
+    That epoch's model must have been kept: its snapshot (train with --save-every 1 to test any budget), or
+    best.pt or last.pt when they hold that epoch (e.g. best@N of the run's own N epochs)."""
     schedule = cfg.get("meta_lr_schedule", "constant")
     if schedule != "constant":
         raise UserError(f"{run}: meta-trained with the {schedule} meta-learning rate, whose every step depends on "
@@ -184,10 +185,13 @@ def budget_snapshot(run: Path, cfg: dict, budget: int) -> tuple[Path, int]:
         raise UserError(f"{metrics}: a val_acc among epochs 1 to {budget} is not a number")
     epoch = max(score, key=lambda e: (score[e], e))
     path = snapshot_path(run, epoch)
-    if not path.is_file():
-        raise UserError(f"{path}: not found; best@{budget} selects epoch {epoch}, whose snapshot the run did not "
-                        f"keep (it kept every {cfg.get('save_every', '?')}); train with --save-every 1")
-    return path, epoch
+    if path.is_file():
+        return path, epoch
+    for kept in (run / "checkpoints" / "best.pt", run / "checkpoints" / "last.pt"):
+        if kept.is_file() and load_checkpoint(kept, "maml", required=("epoch",))["epoch"] == epoch:
+            return kept, epoch
+    raise UserError(f"{path}: not found; best@{budget} selects epoch {epoch}, whose snapshot the run did not "
+                    f"keep (it kept every {cfg.get('save_every', '?')}); train with --save-every 1")
 
 
 def checked_arch(ckpt: dict, path) -> dict:
@@ -243,7 +247,7 @@ def main(argv=None):
     if budget:
         if ckpt["epoch"] != epoch:
             raise UserError(f"{ckpt_path}: holds epoch {ckpt['epoch']}, not {epoch} as its name says")
-        selection = f"{ckpt_path.stem}: the selection within the first {budget[1]} epochs"
+        selection = f"epoch {epoch} ({ckpt_path.name}): the selection within the first {budget[1]} epochs"
 
     train_cache = recorded_path(run, cfg, cfg["train_cache"])
     own = default_test_cache(cfg["train_cache"])  # the run's own test split

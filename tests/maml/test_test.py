@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fewshot.checkpoint import save_checkpoint
 from fewshot.data import load_split, write_split
 from fewshot.errors import UserError
 from fewshot.io import save_npz
@@ -280,7 +281,7 @@ def test_best_within_a_budget_is_the_snapshot_a_shorter_run_would_select(own_run
     evaluate_run(own_run, "--tasks", 3, "--checkpoint", ckpts / "epoch_0001.pt")
     res = results(own_run / "results" / "test_5w1s_best@1.json")
     assert res["checkpoint"] == str(ckpts / "epoch_0001.pt") and res["checkpoint_epoch"] == 1
-    assert res["model_selection"] == "epoch_0001: the selection within the first 1 epochs"
+    assert res["model_selection"] == "epoch 1 (epoch_0001.pt): the selection within the first 1 epochs"
     assert res["per_task_accuracy"] == results(own_run / "results" / "test_5w1s_epoch_0001.json")["per_task_accuracy"]
     assert not (own_run / "results" / "test_5w1s.json").exists()
 
@@ -298,6 +299,18 @@ def budget_run(root: Path, val_accs, snapshots, schedule="constant") -> tuple[Pa
 def test_best_within_a_budget_takes_the_highest_val_accuracy_the_later_on_ties(tmp_path):
     run, cfg = budget_run(tmp_path, [0.6, 0.9, 0.8, 0.9, 0.7], snapshots=range(1, 6))
     assert [maml_test.budget_snapshot(run, cfg, n)[1] for n in range(1, 6)] == [1, 2, 2, 4, 4]
+
+
+def test_best_within_a_budget_falls_back_on_best_or_last_when_they_hold_the_epoch(tmp_path):
+    run, cfg = budget_run(tmp_path, [0.6, 0.9, 0.8, 0.7], snapshots=[])
+    save_checkpoint(run / "checkpoints" / "best.pt", "maml", epoch=2)
+    save_checkpoint(run / "checkpoints" / "last.pt", "maml", epoch=4)
+    assert maml_test.budget_snapshot(run, cfg, 4) == (run / "checkpoints" / "best.pt", 2)
+    run, cfg = budget_run(tmp_path / "later", [0.6, 0.9, 0.8, 0.95], snapshots=[])
+    save_checkpoint(run / "checkpoints" / "last.pt", "maml", epoch=4)
+    assert maml_test.budget_snapshot(run, cfg, 4) == (run / "checkpoints" / "last.pt", 4)
+    with pytest.raises(UserError, match="best@3 selects epoch 2, whose snapshot the run did not keep"):
+        maml_test.budget_snapshot(run, cfg, 3)  # last.pt holds epoch 4, not 2
 
 
 @pytest.mark.parametrize("val_accs, snapshots, schedule, budget, message", [
