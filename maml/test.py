@@ -247,7 +247,7 @@ def main(argv=None):
     if budget:
         if ckpt["epoch"] != epoch:
             raise UserError(f"{ckpt_path}: holds epoch {ckpt['epoch']}, not {epoch} as its name says")
-        selection = f"epoch {epoch} ({ckpt_path.name}): the selection within the first {budget[1]} epochs"
+        selection = f"the selection within the first {budget[1]} epochs ({ckpt_path.name})"
 
     train_cache = recorded_path(run, cfg, cfg["train_cache"])
     own = default_test_cache(cfg["train_cache"])  # the run's own test split

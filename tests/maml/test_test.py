@@ -281,7 +281,7 @@ def test_best_within_a_budget_is_the_snapshot_a_shorter_run_would_select(own_run
     evaluate_run(own_run, "--tasks", 3, "--checkpoint", ckpts / "epoch_0001.pt")
     res = results(own_run / "results" / "test_5w1s_best@1.json")
     assert res["checkpoint"] == str(ckpts / "epoch_0001.pt") and res["checkpoint_epoch"] == 1
-    assert res["model_selection"] == "epoch 1 (epoch_0001.pt): the selection within the first 1 epochs"
+    assert res["model_selection"] == "the selection within the first 1 epochs (epoch_0001.pt)"
     assert res["per_task_accuracy"] == results(own_run / "results" / "test_5w1s_epoch_0001.json")["per_task_accuracy"]
     assert not (own_run / "results" / "test_5w1s.json").exists()
 
