@@ -1,7 +1,6 @@
 """maml.test: results JSON, saved episodes evaluate to the same accuracy, episodes naming image files, errors."""
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -12,58 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from fewshot.checkpoint import save_checkpoint
 from fewshot.data import load_split, write_split
 from fewshot.errors import UserError
 from fewshot.io import save_npz
 from maml import test as maml_test
-from maml import train as maml_train
+from tests.maml.conftest import N_TEST_CLASSES, evaluate_run, results, train_toy
 
 ROOT = Path(__file__).resolve().parents[2]
-SIDE, N_TEST_CLASSES = 16, 8
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A tiny trained MAML run whose config points at toy_64_K_10_train.npz (test cache beside it)."""
-    root = tmp_path_factory.mktemp("toy")
-    rng = np.random.default_rng(0)
-
-    def images(n_classes, per_class):
-        protos = rng.integers(0, 256, size=(n_classes, SIDE, SIDE, 1))
-        y = np.repeat(np.arange(n_classes), per_class)
-        return np.clip(protos[y] + rng.normal(0, 40, size=(len(y), SIDE, SIDE, 1)), 0, 255).astype(np.uint8), y
-
-    x, y = images(10, 10)
-    write_split(root / "toy_64_K_10_train.npz", x, y, cluster_label=y)
-    save_npz(root / "toy_64_K_10_train_clusters.npz", cluster_centers=rng.normal(size=(10, 4)).astype(np.float32))
-    xt, yt = images(N_TEST_CLASSES, 8)
-    write_split(root / "toy_64_K_10_test.npz", xt, yt + 500, cluster_label=yt + 500)
-    out = root / "run"
-    train_toy(root / "toy_64_K_10_train.npz", out)
-    return out
-
-
-def train_toy(train_cache, out):  # one tiny epoch of maml.train, PEM off
-    maml_train.main(["--train-cache", str(train_cache), "--out", str(out), "--epochs", "1", "--batches-per-epoch",
-                     "2", "--meta-batch", "2", "--hidden", "8", "--no-pem", "--threads", "1", "--device", "cpu"])
-
-
-@pytest.fixture
-def own_run(run_dir, tmp_path):
-    """A copy of the run, results/ left out, for a test that writes the run's own result files: run_dir is shared
-    by the whole module, so what one test writes there would change what the next one finds."""
-    return shutil.copytree(run_dir, tmp_path / "own_run", ignore=shutil.ignore_patterns("results"))
-
-
-def evaluate_run(run_dir, *args):
-    maml_test.main(["--run", str(run_dir), "--steps", "2", "--threads", "1", "--device", "cpu", *map(str, args)])
-
-
-def results(path):
-    return json.loads(Path(path).read_text())
-
-
 @pytest.fixture(scope="module")
 def saved(run_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("episodes")
@@ -270,67 +224,6 @@ def test_other_checkpoints_get_their_own_result_file(own_run):
     evaluate_run(own_run, "--tasks", 4, "--checkpoint", own_run / "checkpoints" / "best.pt")  # the selection itself
     assert results(own_run / "results" / "test_5w1s.json")["tasks"] == 4
     assert results(own_run / "results" / "test_5w1s.json")["model_selection"] == "last epoch (no val split)"
-
-
-def test_best_within_a_budget_is_the_snapshot_a_shorter_run_would_select(own_run):
-    """--checkpoint best@N tests the snapshot of the epoch a run of N epochs would have selected, under its own
-    result name; here the run has no val split, so that is epoch N (maml.train's tests check the val choice)."""
-    ckpts = own_run / "checkpoints"
-    (ckpts / "epoch_0001.pt").write_bytes((ckpts / "last.pt").read_bytes())  # the 1-epoch run's snapshot
-    evaluate_run(own_run, "--tasks", 3, "--checkpoint", "best@1")
-    evaluate_run(own_run, "--tasks", 3, "--checkpoint", ckpts / "epoch_0001.pt")
-    res = results(own_run / "results" / "test_5w1s_best@1.json")
-    assert res["checkpoint"] == str(ckpts / "epoch_0001.pt") and res["checkpoint_epoch"] == 1
-    assert res["model_selection"] == "the selection within the first 1 epochs (epoch_0001.pt)"
-    assert res["per_task_accuracy"] == results(own_run / "results" / "test_5w1s_epoch_0001.json")["per_task_accuracy"]
-    assert not (own_run / "results" / "test_5w1s.json").exists()
-
-
-def budget_run(root: Path, val_accs, snapshots, schedule="constant") -> tuple[Path, dict]:
-    """A run folder holding only what best@N reads: metrics rows, (empty) snapshot files and the config."""
-    (root / "checkpoints").mkdir(parents=True)
-    rows = [{"epoch": e, "val_acc": v} for e, v in enumerate(val_accs, 1)]
-    (root / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    for e in snapshots:
-        (root / "checkpoints" / f"epoch_{e:04d}.pt").touch()
-    return root, {"meta_lr_schedule": schedule, "save_every": 2}
-
-
-def test_best_within_a_budget_takes_the_highest_val_accuracy_the_later_on_ties(tmp_path):
-    run, cfg = budget_run(tmp_path, [0.6, 0.9, 0.8, 0.9, 0.7], snapshots=range(1, 6))
-    assert [maml_test.budget_snapshot(run, cfg, n)[1] for n in range(1, 6)] == [1, 2, 2, 4, 4]
-
-
-def test_best_within_a_budget_falls_back_on_best_or_last_when_they_hold_the_epoch(tmp_path):
-    run, cfg = budget_run(tmp_path, [0.6, 0.9, 0.8, 0.7], snapshots=[])
-    save_checkpoint(run / "checkpoints" / "best.pt", "maml", epoch=2)
-    save_checkpoint(run / "checkpoints" / "last.pt", "maml", epoch=4)
-    assert maml_test.budget_snapshot(run, cfg, 4) == (run / "checkpoints" / "best.pt", 2)
-    run, cfg = budget_run(tmp_path / "later", [0.6, 0.9, 0.8, 0.95], snapshots=[])
-    save_checkpoint(run / "checkpoints" / "last.pt", "maml", epoch=4)
-    assert maml_test.budget_snapshot(run, cfg, 4) == (run / "checkpoints" / "last.pt", 4)
-    with pytest.raises(UserError, match="best@3 selects epoch 2, whose snapshot the run did not keep"):
-        maml_test.budget_snapshot(run, cfg, 3)  # last.pt holds epoch 4, not 2
-
-
-@pytest.mark.parametrize("val_accs, snapshots, schedule, budget, message", [
-    ([0.6, 0.9], [1, 2], "constant", 3, "holds 2 epochs; best@3 needs epochs 1 to 3"),
-    ([0.6, 0.7, 0.9, 0.8], [2, 4], "constant", 4, "best@4 selects epoch 3"),
-    ([0.9, 0.6], [2], "constant", 2, "best@2 selects epoch 1, whose snapshot the run did not keep (it kept every 2)"),
-    ([0.6, 0.9], [1, 2], "cosine", 1, "the cosine meta-learning rate"),
-    ([0.6, "x"], [1, 2], "constant", 2, "a val_acc among epochs 1 to 2 is not a number"),
-])
-def test_best_within_a_budget_refuses_what_it_cannot_select(tmp_path, val_accs, snapshots, schedule, budget, message):
-    run, cfg = budget_run(tmp_path, val_accs, snapshots, schedule)
-    with pytest.raises(UserError, match=re.escape(message)):
-        maml_test.budget_snapshot(run, cfg, budget)
-
-
-def test_best_within_a_budget_needs_the_metrics(own_run, run_main):
-    (own_run / "metrics.jsonl").unlink()
-    res = run_main("maml.test", ["--run", own_run, "--checkpoint", "best@1", "--threads", 1, "--device", "cpu"])
-    assert res.code != 0 and res.err.startswith("error: ") and "metrics.jsonl: not found; best@N reads" in res.err
-    assert len(res.err.strip().splitlines()) == 1 and not (own_run / "results").exists()
 
 
 def strict_json(path):
