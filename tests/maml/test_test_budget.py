@@ -71,3 +71,14 @@ def test_best_within_a_budget_needs_the_metrics(own_run, run_main):
     res = run_main("maml.test", ["--run", own_run, "--checkpoint", "best@1", "--threads", 1, "--device", "cpu"])
     assert res.code != 0 and res.err.startswith("error: ") and "metrics.jsonl: not found; best@N reads" in res.err
     assert len(res.err.strip().splitlines()) == 1 and not (own_run / "results").exists()
+
+
+def test_a_snapshot_holding_another_epoch_is_refused(own_run, run_main):
+    metrics = own_run / "metrics.jsonl"
+    row = json.loads(metrics.read_text().splitlines()[0])
+    metrics.write_text(metrics.read_text() + json.dumps({**row, "epoch": 2}) + "\n")  # as if trained 2 epochs
+    ckpts = own_run / "checkpoints"
+    (ckpts / "epoch_0002.pt").write_bytes((ckpts / "last.pt").read_bytes())  # holds epoch 1
+    res = run_main("maml.test", ["--run", own_run, "--checkpoint", "best@2", "--threads", 1, "--device", "cpu"])
+    assert res.code != 0 and "epoch_0002.pt: holds epoch 1, not 2 as its name says" in res.err
+    assert not (own_run / "results").exists()
