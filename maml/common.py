@@ -1,4 +1,5 @@
-"""What maml.train and maml.test share: turning tasks into tensors, and evaluating a model on many tasks."""
+"""What maml.train and maml.test share: turning tasks into tensors, evaluating a model on many tasks, and the
+score a run selects its model by."""
 
 import numpy as np
 import torch
@@ -25,3 +26,9 @@ def evaluate(model, X: torch.Tensor, tasks: list, steps: int, lr: float, device,
     model.eval()  # no-op for the batch-statistics network, kept for models that care
     return [evaluate_task(model, *task_tensors(X, t, device), steps, lr)[0]
             for t in tqdm(tasks, desc=desc, leave=False, mininterval=2)]
+
+
+def selection_score(row: dict) -> float:
+    """The score maml.train selects its best epoch by, from that epoch's metrics row: the val accuracy, or without a
+    val split the (zero-based) epoch, so that the latest wins. Of equal scores the later epoch is kept."""
+    return row.get("val_acc", float(row["epoch"] - 1))

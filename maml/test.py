@@ -34,7 +34,7 @@ from fewshot.io import load_json, provenance, read_jsonl, save_json
 from fewshot.metrics import CI95_METHOD, mean_ci95
 from fewshot.report import result_name
 from fewshot.runtime import epoch_seed, pick_device, set_threads
-from maml.common import evaluate
+from maml.common import evaluate, selection_score
 from maml.maml import MAMLNet
 
 
@@ -180,7 +180,7 @@ def budget_snapshot(run: Path, cfg: dict, budget: int) -> tuple[Path, int]:
     rows = {r.get("epoch"): r for r in read_jsonl(metrics) if isinstance(r, dict)}
     if any(e not in rows for e in range(1, budget + 1)):
         raise UserError(f"{metrics}: holds {len(rows)} epochs; best@{budget} needs epochs 1 to {budget}")
-    score = {e: rows[e].get("val_acc", e) for e in range(1, budget + 1)}  # no val split: the latest epoch
+    score = {e: selection_score(rows[e]) for e in range(1, budget + 1)}
     if not all(isinstance(v, (int, float)) for v in score.values()):
         raise UserError(f"{metrics}: a val_acc among epochs 1 to {budget} is not a number")
     epoch = max(score, key=lambda e: (score[e], e))

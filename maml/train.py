@@ -41,7 +41,7 @@ from fewshot.errors import UserError, cli_main
 from fewshot.io import RESUMABLE_CHANGES, JsonlLog, prepare_run_dir, provenance
 from fewshot.metrics import mean_ci95
 from fewshot.runtime import epoch_seed, pick_device, seed_everything, set_threads
-from maml.common import evaluate, task_tensors
+from maml.common import evaluate, selection_score, task_tensors
 from maml.maml import MAMLNet, adapt, meta_loss
 from maml.pem import ClusterIndex, pem_queries
 
@@ -257,7 +257,7 @@ def main(argv=None):
             row["val_acc"], row["val_ci95"] = mean_ci95(evaluate(model, X_val, val_tasks, args.val_steps,
                                                                  args.inner_lr, device, "val"))
         row["seconds"] = round(time.time() - t0, 2)  # training and validation
-        score = row.get("val_acc", float(epoch))  # without a val split the latest epoch wins
+        score = selection_score(row)
         # NOTE: on equal val accuracy the later epoch wins; upstream train_un_maml_pem.py keeps the earlier one
         # (`best_value < ...`): the later model has meta-trained longer. Ties are rare (7,500 val queries by default);
         # none of the runs in results/ had one.
