@@ -53,23 +53,46 @@ def args_of(calls, module):
     return found[0]
 
 
-@pytest.mark.parametrize("env, epochs, bn_splits, crop, split_loss, test_steps", [
-    ({"PRESET": "quick"}, "75", "1", "clamped", False, "10"),
-    ({"PRESET": "paper"}, "200", "4", "torchvision", True, "50"),
-    ({"PRESET": "paper", "CFE_BN_SPLITS": "1"}, "200", "1", "torchvision", False, "50"),  # no splits, no per-split loss
-    ({"PRESET": "paper", "CFE_PER_SPLIT_LOSS": "0", "CFE_CROP": "clamped"}, "200", "4", "clamped", False, "50"),
-    ({"PRESET": "quick", "CFE_BN_SPLITS": "4", "CFE_PER_SPLIT_LOSS": "1"}, "75", "4", "clamped", True, "10"),
+@pytest.mark.parametrize("env, epochs, bn_splits, crop, split_loss, kmeans, maml_epochs, test_steps", [
+    ({"PRESET": "quick"}, "75", "1", "clamped", False, ("0", "1"), "30", "10"),
+    ({"PRESET": "paper"}, "200", "4", "torchvision", True, ("0", "1"), "20", "50"),
+    ({"PRESET": "paper-plus"}, "200", "4", "torchvision", True, ("5", "10"), "40", "50"),
+    # no splits, no per-split loss
+    ({"PRESET": "paper", "CFE_BN_SPLITS": "1"}, "200", "1", "torchvision", False, ("0", "1"), "20", "50"),
+    ({"PRESET": "paper", "CFE_PER_SPLIT_LOSS": "0", "CFE_CROP": "clamped"}, "200", "4", "clamped", False, ("0", "1"),
+     "20", "50"),
+    ({"PRESET": "quick", "CFE_BN_SPLITS": "4", "CFE_PER_SPLIT_LOSS": "1"}, "75", "4", "clamped", True, ("0", "1"), "30",
+     "10"),
+    ({"PRESET": "paper-plus", "KNN_SMOOTH": "0", "PARTITIONS": "3", "MAML_EPOCHS": "30"}, "200", "4", "torchvision",
+     True, ("0", "3"), "30", "50"),
 ])
-def test_presets_pass_their_settings_to_the_stages(tmp_path, env, epochs, bn_splits, crop, split_loss, test_steps):
+def test_presets_pass_their_settings_to_the_stages(tmp_path, env, epochs, bn_splits, crop, split_loss, kmeans,
+                                                   maml_epochs, test_steps):
     rc, err, calls = run_script(tmp_path, **env)
     assert rc == 0, err
     assert stages(calls) == ["cfe.train", "cfe.encode", "maml.train", "maml.test 1", "maml.test 5", "fewshot.report"]
     cfe = args_of(calls, "cfe.train")
     assert (option(cfe, "--epochs"), option(cfe, "--bn-splits"), option(cfe, "--crop")) == (epochs, bn_splits, crop)
     assert ("--per-split-loss" in cfe) == split_loss
+    encode = args_of(calls, "cfe.encode")
+    assert (option(encode, "--knn-smooth"), option(encode, "--partitions")) == kmeans
+    assert option(args_of(calls, "maml.train"), "--epochs") == maml_epochs
     assert [option(a, "--steps") for m, a in calls if m == "maml.test"] == [test_steps, test_steps]
     assert option(args_of(calls, "maml.train"), "--save-every") == "10"
 
+
+
+def test_paper_plus_is_the_paper_preset_with_the_recorded_options(tmp_path):
+    """RESULTS.md records the paper-plus runs as PRESET=paper with KNN_SMOOTH=5 PARTITIONS=10 and a MAML budget
+    (made before the preset existed); the preset must hand every stage exactly those arguments."""
+    runs = {}
+    for name, env in (("plus", {"PRESET": "paper-plus"}),
+                      ("paper", {"PRESET": "paper", "KNN_SMOOTH": "5", "PARTITIONS": "10", "MAML_EPOCHS": "40"})):
+        (tmp_path / name).mkdir()
+        rc, err, calls = run_script(tmp_path / name, **env, RUN_DIR=str(tmp_path / "run"))
+        assert rc == 0, err
+        runs[name] = [(m, [a.replace(str(tmp_path / name), "") for a in args]) for m, args in calls]  # data dir
+    assert runs["plus"] == runs["paper"]
 
 
 @pytest.mark.parametrize("shots, tests", [("5", ["maml.test 5"]), ("", []), ("5 1", ["maml.test 5", "maml.test 1"])])
@@ -79,7 +102,7 @@ def test_test_shots_chooses_the_meta_tests(tmp_path, shots, tests):
     assert stages(calls) == ["cfe.train", "cfe.encode", "maml.train", *tests, "fewshot.report"]
 
 @pytest.mark.parametrize("env, message", [
-    ({"PRESET": "fast"}, "PRESET must be quick or paper"),
+    ({"PRESET": "fast"}, "PRESET must be quick, paper or paper-plus"),
     ({"CFE_PER_SPLIT_LOSS": "yes"}, "CFE_PER_SPLIT_LOSS must be 0 or 1"),
     ({"CFE_CROP": "pil"}, "CFE_CROP must be clamped or torchvision"),
     ({"PEM": "on"}, "PEM must be 0 or 1"),
