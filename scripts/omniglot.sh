@@ -80,9 +80,9 @@ MIN_CLUSTER=${MIN_CLUSTER:-20}
 KNN_SMOOTH=${KNN_SMOOTH:-$d_knn_smooth}
 case "$KNN_SMOOTH" in *[!0-9]*) echo "error: KNN_SMOOTH must be a whole number (0: off), got '$KNN_SMOOTH'" >&2; exit 2 ;; esac
 # k-means PARTITIONS times (seeds SEED, SEED + 1, ...), each MAML task drawn from one partition (1: upstream; 10:
-# paper-plus; NOTE: not in the paper, as CACTUs; 10 with KNN_SMOOTH=5 gave +0.66 and +0.39 points at 1 shot on two CFE
-# seeds of the paper preset, RESULTS.md); the train cache holds every partition, PARTITIONS times the images; a new
-# value needs a new RUN_DIR
+# paper-plus; NOTE: not in the paper, as CACTUs; 10 with KNN_SMOOTH=5 gave +0.66, +0.39 and +0.24 points at 1 shot on
+# three CFE seeds of the paper preset, RESULTS.md); the train cache holds every partition, PARTITIONS times the
+# images; a new value needs a new RUN_DIR
 PARTITIONS=${PARTITIONS:-$d_partitions}
 case "$PARTITIONS" in ''|*[!0-9]*|0*) echo "error: PARTITIONS must be a whole number >= 1, got '$PARTITIONS'" >&2; exit 2 ;; esac
 # MAML + PEM (upstream scripts/omni-maml-pem.sh, train_un_maml_pem.py)
