@@ -30,20 +30,19 @@ DEVICE=${DEVICE:-auto}
 THREADS=${THREADS:-0}                     # CPU threads per stage (0: all cores); 1 lets two runs share 2 cores
 
 case "$PRESET" in
-  paper) d_cfe_epochs=200; d_maml_epochs=20; d_test_steps=50; d_bn_splits=4; d_crop=torchvision; d_split_loss=1
-    d_knn_smooth=0; d_partitions=1 ;;
+  paper|paper-plus) d_cfe_epochs=200; d_maml_epochs=20; d_test_steps=50; d_bn_splits=4; d_crop=torchvision
+    d_split_loss=1; d_knn_smooth=0; d_partitions=1 ;;
   # quick: 50-step adaptation of 1,000 5-shot tasks alone takes about 20 minutes on 2 CPU cores, so the quick
   # preset adapts for 10 steps at test (the table says how many steps each number used); 75 CFE epochs (90 until
   # the runs of 2026-11-25, which took 58-60 minutes on the slowest VM measured) leave a margin under the hour
   quick) d_cfe_epochs=75;  d_maml_epochs=30; d_test_steps=10; d_bn_splits=1; d_crop=clamped; d_split_loss=0
     d_knn_smooth=0; d_partitions=1 ;;
-  # paper-plus: the paper preset with pseudo-labels from 10 k-means partitions of embeddings averaged with their 5
-  # nearest neighbours, and 40 MAML epochs. NOTE: not the paper's method; it meets supervised MAML's accuracy (the
-  # paper preset's target) on each of three CFE seeds, which the paper preset does not at 20 epochs (RESULTS.md)
-  paper-plus) d_cfe_epochs=200; d_maml_epochs=40; d_test_steps=50; d_bn_splits=4; d_crop=torchvision; d_split_loss=1
-    d_knn_smooth=5; d_partitions=10 ;;
   *) echo "error: PRESET must be quick, paper or paper-plus, got '$PRESET'" >&2; exit 2 ;;
 esac
+# paper-plus: the paper preset with pseudo-labels from 10 k-means partitions of embeddings averaged with their 5
+# nearest neighbours, and 40 MAML epochs. NOTE: not the paper's method; it meets supervised MAML's accuracy (the
+# paper preset's target) on each of three CFE seeds, which the paper preset does not at 20 epochs (RESULTS.md)
+[ "$PRESET" = paper-plus ] && { d_maml_epochs=40; d_knn_smooth=5; d_partitions=10; }
 
 # CFE (upstream scripts/train_cfe_omni.sh and main_cfe_omni.py)
 CFE_EPOCHS=${CFE_EPOCHS:-$d_cfe_epochs}

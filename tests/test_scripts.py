@@ -81,7 +81,6 @@ def test_presets_pass_their_settings_to_the_stages(tmp_path, env, epochs, bn_spl
     assert option(args_of(calls, "maml.train"), "--save-every") == "10"
 
 
-
 def test_paper_plus_is_the_paper_preset_with_the_recorded_options(tmp_path):
     """RESULTS.md records the paper-plus runs as PRESET=paper with KNN_SMOOTH=5 PARTITIONS=10 and a MAML budget
     (made before the preset existed); the preset must hand every stage exactly those arguments."""
