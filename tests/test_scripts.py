@@ -82,7 +82,7 @@ def test_presets_pass_their_settings_to_the_stages(tmp_path, env, epochs, bn_spl
 
 
 def test_paper_plus_is_the_paper_preset_with_the_recorded_options(tmp_path):
-    """RESULTS.md records the paper-plus runs as PRESET=paper with KNN_SMOOTH=5 PARTITIONS=10 and a MAML budget
+    """RESULTS.md records paper-plus seeds 0-2 as PRESET=paper with KNN_SMOOTH=5 PARTITIONS=10 and a MAML budget
     (made before the preset existed); the preset must hand every stage exactly those arguments."""
     runs = {}
     for name, env in (("plus", {"PRESET": "paper-plus"}),
