@@ -41,7 +41,8 @@ case "$PRESET" in
 esac
 # paper-plus: the paper preset with pseudo-labels from 10 k-means partitions of embeddings averaged with their 5
 # nearest neighbours, and 40 MAML epochs. NOTE: not the paper's method; it meets supervised MAML's accuracy (the
-# paper preset's target) on each of four CFE seeds, which the paper preset does not at 20 epochs (RESULTS.md)
+# paper preset's target) on average over five CFE seeds (four of them singly), which the paper preset does not at
+# 20 epochs (RESULTS.md)
 [ "$PRESET" = paper-plus ] && { d_maml_epochs=40; d_knn_smooth=5; d_partitions=10; }
 
 # CFE (upstream scripts/train_cfe_omni.sh and main_cfe_omni.py)
@@ -79,9 +80,9 @@ MIN_CLUSTER=${MIN_CLUSTER:-20}
 KNN_SMOOTH=${KNN_SMOOTH:-$d_knn_smooth}
 case "$KNN_SMOOTH" in *[!0-9]*) echo "error: KNN_SMOOTH must be a whole number (0: off), got '$KNN_SMOOTH'" >&2; exit 2 ;; esac
 # k-means PARTITIONS times (seeds SEED, SEED + 1, ...), each MAML task drawn from one partition (1: upstream; 10:
-# paper-plus; NOTE: not in the paper, as CACTUs; 10 with KNN_SMOOTH=5 gave +0.66, +0.39, +0.24 and +0.45 points at 1
-# shot on four CFE seeds of the paper preset, RESULTS.md); the train cache holds every partition, PARTITIONS times the
-# images; a new value needs a new RUN_DIR
+# paper-plus; NOTE: not in the paper, as CACTUs; 10 with KNN_SMOOTH=5 gave +0.66, +0.39, +0.24, +0.45 and +0.35
+# points at 1 shot on five CFE seeds of the paper preset, RESULTS.md); the train cache holds every partition,
+# PARTITIONS times the images; a new value needs a new RUN_DIR
 PARTITIONS=${PARTITIONS:-$d_partitions}
 case "$PARTITIONS" in ''|*[!0-9]*|0*) echo "error: PARTITIONS must be a whole number >= 1, got '$PARTITIONS'" >&2; exit 2 ;; esac
 # MAML + PEM (upstream scripts/omni-maml-pem.sh, train_un_maml_pem.py)
