@@ -10,3 +10,5 @@ D=$RUN_DIR/maml-pem-curve
 .venv/bin/python -m maml.test --run $D --checkpoint best@20 --shots 1 --seed 0    # the 20-epoch selection
 .venv/bin/python -m maml.test --run $D --shots 5 --seed 0
 .venv/bin/python -m maml.test --run $D --checkpoint best@20 --shots 5 --seed 0
+# added after the lines above had run: the epochs 30-, 40- and 50-epoch runs select, at 1 shot on the same tasks
+for n in 30 40 50; do .venv/bin/python -m maml.test --run $D --checkpoint best@$n --shots 1 --seed 0; done
