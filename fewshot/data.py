@@ -1,4 +1,4 @@
-"""The cache format (DESIGN.md §3): one `.npz` per split with uint8 NHWC images.
+"""The cache format (docs/design.md, "Data and the cache contract"): one `.npz` per split with uint8 NHWC images.
 
     {name}_cache_{split}.npz          prepared data: X (N,H,W,C) uint8, Y (N,) int64 true labels
     {dataset}_{dim}_K_{K}_{split}.npz  written by cfe.encode: X, Y, cluster_label (+ index, meta; + partition

@@ -67,6 +67,16 @@ class EpisodeSampler:
                     query=np.concatenate(q_idx), query_y=np.repeat(np.arange(n), q), classes=ways)
 
 
+def sample_tasks(labels, ways: int, shots: int, queries: int, n: int, seed: int) -> list:
+    """The `n` test tasks of `seed` over `labels`: maml.test and the baselines of fewshot.baseline evaluate the
+    same tasks for the same seed, so their accuracies compare task by task (a paired difference)."""
+    from fewshot.runtime import epoch_seed
+
+    sampler = EpisodeSampler(labels, ways, shots, queries)
+    rng = np.random.default_rng(epoch_seed(seed, 0, stream=11))
+    return [sampler.sample(rng) for _ in range(n)]
+
+
 def split_fingerprint(labels) -> dict:
     """What row indices of an episodes file refer to: the split's number of rows and a short sha256 of its labels
     (as little-endian int64, so the same labels give the same digest on every machine)."""

@@ -172,17 +172,26 @@ def read_jsonl(path) -> list:
 
 
 # settings a resumed run may change: budgets, where it runs and how often it keeps snapshots (not what it computes)
-RESUMABLE_CHANGES = ("epochs", "resume", "halt_after", "device", "threads", "save_every")
+RESUMABLE_CHANGES = ("epochs", "resume", "device", "threads", "save_every")
 
 
-def prepare_run_dir(out, config: dict, resume: bool, may_change=RESUMABLE_CHANGES, added=None) -> Path:
+def remove_stale_temps(folder) -> list:
+    """Delete the temporary files atomic_path leaves behind when a process is killed (SIGKILL gives no chance to
+    clean up) in `folder` and its subfolders; returns their paths. Called as a run (re)starts, when no other
+    process writes into its folder."""
+    stale = [p for p in Path(folder).rglob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink()
+    return stale
+
+
+def prepare_run_dir(out, config: dict, resume: bool, may_change=RESUMABLE_CHANGES) -> Path:
     """Create a run folder and write its config.json (resolved arguments + git commit + package versions).
 
-    An existing run is continued only with --resume and only with the same settings (budgets may grow).
-    `added` maps options introduced after a run folder was written to the value such runs used.
-    config.json holds the latest invocation's settings; invocations.jsonl keeps one line per invocation (time,
-    git commit, the settings that may change on resume), so a run resumed with other threads or code says so."""
-    added = added or {}
+    An existing run is continued only with --resume and only with the same settings (budgets may grow); the
+    temporary files of a killed earlier process are removed first. config.json holds the latest invocation's
+    settings; invocations.jsonl keeps one line per invocation (time, git commit, the settings that may change on
+    resume), so a run resumed with other threads or code says so."""
     out = Path(out)
     cfg_path = out / "config.json"
     resuming = cfg_path.exists()
@@ -190,9 +199,10 @@ def prepare_run_dir(out, config: dict, resume: bool, may_change=RESUMABLE_CHANGE
         if not resume:
             raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         old = load_json(cfg_path)
-        changed = sorted(k for k in config if k not in may_change and old.get(k, added.get(k)) != config[k])
+        changed = sorted(k for k in config if k not in may_change and old.get(k) != config[k])
         if changed:
             raise UserError(f"--resume with settings that differ from {cfg_path}: {', '.join(changed)}")
+        remove_stale_temps(out)
     prov = provenance()
     save_json(cfg_path, {**config, **prov})
     JsonlLog(out / "invocations.jsonl").write(

@@ -1,4 +1,4 @@
-"""Omniglot from the official PNG zips or the upstream PL-CFE cache (DESIGN.md §3).
+"""Omniglot from the official PNG zips or the upstream PL-CFE cache (docs/design.md, "Data and the cache contract").
 
 Two sources give the same data:
 

@@ -1,5 +1,5 @@
-"""Summarise a pipeline folder (cfe/, caches/, maml-*/) as a table: accuracy ± 95% CI, pseudo-label quality,
-wall time per stage.
+"""Summarise a pipeline folder (cfe/, caches/, maml-*/, pixels/) as a table: accuracy ± 95% CI on val and test,
+pseudo-label quality, wall time per stage, and each run's paired difference from the raw-pixel baseline.
 
     python -m fewshot.report runs/omniglot-quick
 
@@ -15,17 +15,19 @@ from pathlib import Path
 from fewshot.cli import HelpFormatter
 from fewshot.errors import UserError, cli_main
 from fewshot.io import atomic_path, load_json, read_jsonl, save_json
+from fewshot.metrics import format_accuracy, paired_difference
 
 
-def result_name(ways: int, shots: int, source=None, checkpoint=None) -> str:
-    """A test result's file name in a run's results/: test_{ways}w{shots}s.json for the run's own test split and
-    its selected (best) checkpoint; tasks from another cache or episodes file `source`, or another `checkpoint`
-    (last, a snapshot), add their names: test_5w1s_{source}_{checkpoint}.json. Only the first kind is tabled."""
+def result_name(split: str, ways: int, shots: int, source=None, checkpoint=None) -> str:
+    """A result's file name in a run's results/: {split}_{ways}w{shots}s.json (split: val or test) for the run's
+    own split and its selected (best) checkpoint; tasks from another cache or episodes file `source`, or another
+    `checkpoint` (last, a snapshot), add their names: test_5w1s_{source}_{checkpoint}.json. Only the first kind
+    is tabled."""
     extra = [Path(x).stem for x in (source, checkpoint) if x]
-    return f"test_{ways}w{shots}s" + "".join(f"_{x}" for x in extra) + ".json"
+    return f"{split}_{ways}w{shots}s" + "".join(f"_{x}" for x in extra) + ".json"
 
 
-OWN_RESULT = re.compile(r"test_\d+w\d+s\.json")  # result_name of the own test split and best checkpoint
+OWN_RESULT = re.compile(r"(val|test)_\d+w\d+s\.json")  # result_name of an own split and best checkpoint
 
 
 # Run files are read as they are found: anything malformed in them is a one-line UserError naming the file.
@@ -63,7 +65,32 @@ def _minutes(seconds):
     return "-" if seconds is None else f"{seconds / 60:.1f}"
 
 
+def _results(run: Path) -> dict:
+    """{(split, "5w1s"): result} of a run's own results (its own splits, its selected checkpoint)."""
+    out = {}
+    for path in sorted((run / "results").glob("*.json")):
+        if not OWN_RESULT.fullmatch(path.name):
+            continue
+        r = _object(path, load_json(path))
+        for k in ("ways", "shots", "accuracy", "tasks", "steps"):
+            _number(r, k, path, required=True)
+        _number(r, "seconds", path)
+        if "ci95" not in r or r["ci95"] is not None:  # null for a test of one task: no interval
+            _number(r, "ci95", path, required=True)
+        out[(path.name.split("_")[0], f"{r['ways']}w{r['shots']}s")] = r
+    return out
+
+
+def _method(cfg: dict, variant: str) -> str:
+    if "method" in cfg:  # fewshot.baseline
+        return cfg["method"]
+    method = ("MAML, true labels (supervised)" if cfg.get("supervised")
+              else "MAML + PEM" if cfg.get("pem") else "MAML (PEM off)")
+    return method + (f", {variant}" if variant and not cfg.get("supervised") else "")
+
+
 def summarise(root: Path) -> list:
+    """One row per run folder of `root` (maml*/, pixels/) and split (val, test) with results."""
     if not root.is_dir():
         raise UserError(f"{root}: no such folder")
     encode_json = root / "caches" / "encode.json"
@@ -75,35 +102,45 @@ def summarise(root: Path) -> list:
     variant = ", ".join(([f"{parts:g} k-means partitions"] if parts and parts > 1 else [])
                         + ([f"embeddings smoothed over {smooth:g} neighbours"] if smooth else []))
     rows = []
-    for run in sorted(root.glob("maml*")):
+    for run in sorted(p for p in root.iterdir() if p.is_dir() and (p.name.startswith("maml") or p.name == "pixels")):
         if not (run / "config.json").is_file():
             continue
         cfg = _object(run / "config.json", load_json(run / "config.json"))
-        method = ("MAML, true labels (supervised)" if cfg.get("supervised")
-                  else "MAML + PEM" if cfg.get("pem") else "MAML (PEM off)")
-        if variant and not cfg.get("supervised"):
-            method += f", {variant}"
-        row = {"method": method, "run": str(run),
-               "maml_epochs": cfg.get("epochs"),
-               "ari": ari, "nmi": nmi,
-               "seconds": {"cfe": _epoch_seconds(root / "cfe"), "encode": _number(enc, "seconds", encode_json),
-                           "maml": _epoch_seconds(run)}}
-        test_seconds = 0
-        for res in sorted(p for p in (run / "results").glob("test_*.json") if OWN_RESULT.fullmatch(p.name)):
-            r = _object(res, load_json(res))
-            ways, shots, accuracy, tasks, steps = (_number(r, k, res, required=True)
-                                                   for k in ("ways", "shots", "accuracy", "tasks", "steps"))
-            if "ci95" in r and r["ci95"] is None:  # maml.test writes null for a test of one task: no interval
-                ci95 = None
-            else:
-                ci95 = _number(r, "ci95", res, required=True)
-            row[f"{ways}w{shots}s"] = dict(accuracy=accuracy, ci95=ci95, tasks=tasks, steps=steps)
-            test_seconds += _number(r, "seconds", res) or 0
-        row["seconds"]["test"] = round(test_seconds)
-        rows.append(row)
+        results = _results(run)
+        trained = "method" not in cfg
+        for split in sorted({s for s, _ in results}, key=("val", "test").index):
+            row = {"run": str(run), "method": _method(cfg, variant), "split": split,
+                   "maml_epochs": cfg.get("epochs") if trained else None,
+                   "ari": ari if trained else None, "nmi": nmi if trained else None,
+                   "seconds": {"cfe": _epoch_seconds(root / "cfe") if trained else None,
+                               "encode": _number(enc, "seconds", encode_json) if trained else None,
+                               "maml": _epoch_seconds(run) if trained else None}}
+            test_seconds = 0
+            for (s, key), r in results.items():
+                if s == split:
+                    row[key] = {k: r.get(k) for k in ("accuracy", "ci95", "tasks", "steps", "seed", "cache")}
+                    row[key]["per_task_accuracy"] = r.get("per_task_accuracy")
+                    test_seconds += r.get("seconds") or 0
+            row["seconds"]["test"] = round(test_seconds)
+            rows.append(row)
     if not rows:
-        raise UserError(f"{root}: no maml run folders with results")
+        raise UserError(f"{root}: no run folders with results (maml*/results, pixels/results)")
     return rows
+
+
+def paired_rows(rows) -> list:
+    """(run, baseline run, split, key, difference, ci) for each trained run against the raw-pixel baseline on the
+    same tasks (same cache file name, seed and number of tasks)."""
+    out = []
+    for base in (r for r in rows if Path(r["run"]).name == "pixels"):
+        for r in (r for r in rows if r is not base and r["split"] == base["split"]):
+            for key in ("5w1s", "5w5s"):
+                a, b = r.get(key), base.get(key)
+                same = a and b and all(a[k] == b[k] for k in ("tasks", "seed")) and \
+                    Path(a["cache"]).name == Path(b["cache"]).name and a["per_task_accuracy"] and b["per_task_accuracy"]
+                if same:
+                    out.append((r, base, key, *paired_difference(a["per_task_accuracy"], b["per_task_accuracy"])))
+    return out
 
 
 def to_markdown(rows) -> str:
@@ -111,27 +148,33 @@ def to_markdown(rows) -> str:
         if key not in r:
             return "-"
         t = r[key]
-        ci = "no interval" if t["ci95"] is None else f"± {100 * t['ci95']:.2f}"
-        return f"{100 * t['accuracy']:.2f} {ci} ({t['tasks']} tasks, {t['steps']} steps)"
+        return f"{format_accuracy(t['accuracy'], t['ci95'])} ({t['tasks']} tasks, {t['steps']} steps)"
 
     def num(x):
         return "-" if x is None else f"{x:.3f}"
 
-    lines = ["| run | method | MAML epochs | 5-way 1-shot (%) | 5-way 5-shot (%) | ARI | NMI "
+    lines = ["| run | method | split | MAML epochs | 5-way 1-shot | 5-way 5-shot | ARI | NMI "
              "| CFE min | encode min | MAML min | test min |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r["seconds"]
         times = " | ".join(_minutes(s[k]) for k in ("cfe", "encode", "maml", "test"))
-        lines.append(f"| {Path(r['run']).name} | {r['method']} | {r['maml_epochs'] or '-'} "
+        lines.append(f"| {Path(r['run']).name} | {r['method']} | {r['split']} | {r['maml_epochs'] or '-'} "
                      f"| {acc(r, '5w1s')} | {acc(r, '5w5s')} | {num(r['ari'])} | {num(r['nmi'])} | {times} |")
+    paired = paired_rows(rows)
+    if paired:
+        lines += ["", "Paired on the same tasks (difference of accuracy):", ""]
+        for r, base, key, diff, ci in paired:
+            ways, shots = re.fullmatch(r"(\d+)w(\d+)s", key).groups()
+            lines.append(f"- {Path(r['run']).name} - {Path(base['run']).name}, {r['split']} {ways}-way {shots}-shot: "
+                         f"{format_accuracy(diff, ci, signed=True)}")
     return "\n".join(lines) + "\n"
 
 
 def get_parser():
     p = argparse.ArgumentParser(prog="python -m fewshot.report", description=__doc__.split("\n")[0],
                                 formatter_class=HelpFormatter)
-    p.add_argument("root", help="pipeline folder holding cfe/, caches/ and maml-*/")
+    p.add_argument("root", help="pipeline folder holding cfe/, caches/, maml-*/ and optionally pixels/")
     return p
 
 
@@ -140,7 +183,9 @@ def main(argv=None):
     root = Path(args.root)
     rows = summarise(root)
     table = to_markdown(rows)
-    save_json(root / "summary.json", rows)
+    brief = [{k: ({**v, "per_task_accuracy": None} if isinstance(v, dict) and "per_task_accuracy" in v else v)
+              for k, v in r.items()} for r in rows]  # the per-task lists stay in each run's results
+    save_json(root / "summary.json", brief)
     with atomic_path(root / "summary.md") as tmp:
         tmp.write_text(table)
     print(table, end="")

@@ -2,8 +2,6 @@
 -> maml.test. Skipped when the upstream omniglot.tar.xz is not available (set OMNIGLOT_SOURCE to it)."""
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,24 +12,16 @@ from fewshot.data import encoded_path, load_split, prepared_path, write_split
 from fewshot.omniglot import extract_cache_archive
 from maml import test as maml_test
 from maml import train as maml_train
+from tests.datafiles import omniglot_archive
 
 # characters kept per split: the first ones of each (train labels 0-1099, val 1100-1199, test 1200-1622)
 SUBSET = {"train": 100, "val": 20, "test": 40}
 K = 50
 
 
-def archive() -> Path:
-    source = os.environ.get("OMNIGLOT_SOURCE", "")
-    if source.endswith(".tar.xz"):
-        return Path(source)
-    return Path(__file__).resolve().parents[1].parent / "shared/data/omniglot/omniglot.tar.xz"
-
-
 @pytest.mark.slow
 def test_omniglot_subset_end_to_end(tmp_path):
-    src = archive()
-    if not src.is_file():
-        pytest.skip(f"Omniglot cache archive not found at {src} (set OMNIGLOT_SOURCE to omniglot.tar.xz)")
+    src = omniglot_archive()
     full = extract_cache_archive(src, tmp_path / "full")
     data = tmp_path / "data"
     for split, n_chars in SUBSET.items():

@@ -21,19 +21,7 @@ from fewshot.data import (
 )
 from fewshot.errors import UserError
 from fewshot.io import load_json
-
-SHARED = Path(__file__).resolve().parents[2].parent / "shared/data"
-
-
-def omniglot_archive() -> Path:
-    """As tests/fewshot/test_omniglot.py: OMNIGLOT_SOURCE if it names the .tar.xz, else the shared copy."""
-    source = os.environ.get("OMNIGLOT_SOURCE", "")
-    path = SHARED / "omniglot/omniglot.tar.xz"
-    if source.endswith(".tar.xz") and Path(source).is_file():
-        path = Path(source)
-    if not path.is_file():
-        pytest.skip(f"Omniglot data not found at {path} (set OMNIGLOT_SOURCE to omniglot.tar.xz)")
-    return path
+from tests.datafiles import omniglot_archive
 
 
 def test_file_names():

@@ -11,7 +11,17 @@ import pytest
 
 import fewshot.io as fio
 from fewshot.errors import UserError
-from fewshot.io import JsonlLog, atomic_path, load_json, prepare_run_dir, read_jsonl, save_json, save_npz, save_torch
+from fewshot.io import (
+    JsonlLog,
+    atomic_path,
+    load_json,
+    prepare_run_dir,
+    read_jsonl,
+    remove_stale_temps,
+    save_json,
+    save_npz,
+    save_torch,
+)
 
 
 def listing(folder):
@@ -163,17 +173,16 @@ def test_prepare_run_dir(tmp_path):
     assert load_json(out / "config.json")["epochs"] == 9
     prepare_run_dir(out, {"lr": 0.1, "epochs": 9, "threads": 1}, resume=True)  # so may the CPU threads
     assert load_json(out / "config.json")["threads"] == 1
-    # an option added after the run was written: its old implicit value resumes, another value does not
-    prepare_run_dir(out, {"lr": 0.1, "epochs": 9, "splits": 1}, resume=True, added={"splits": 1})
+    # an option the run folder does not record is a different setting: no defaults are guessed for old folders
     with pytest.raises(UserError, match="settings that differ .*: splits"):
-        prepare_run_dir(tmp_path / "run", {"lr": 0.1, "epochs": 9, "splits": 4}, resume=True, added={"splits": 1})
+        prepare_run_dir(out, {"lr": 0.1, "epochs": 9, "splits": 1}, resume=True)
     fresh = tmp_path / "fresh"
     prepare_run_dir(fresh, {"lr": 0.1}, resume=True)  # --resume on a new folder starts it
     assert (fresh / "config.json").is_file()
     # every accepted invocation is logged (the refused ones are not), with what may change between them
     log = read_jsonl(out / "invocations.jsonl")
-    assert [r["resumed"] for r in log] == [False, True, True, True]
-    assert [r["epochs"] for r in log] == [5, 9, 9, 9] and [r.get("threads") for r in log] == [None, None, 1, None]
+    assert [r["resumed"] for r in log] == [False, True, True]
+    assert [r["epochs"] for r in log] == [5, 9, 9] and [r.get("threads") for r in log] == [None, None, 1]
     assert all(r["git_commit"] == cfg["git_commit"] and "started" in r for r in log)
     assert read_jsonl(fresh / "invocations.jsonl")[0]["resumed"] is False
 
@@ -183,3 +192,21 @@ def test_provenance_is_captured_once_per_process(fake_git):
     fake_git["commit"] = "made-during-the-run"
     first["git_commit"] = "edited by a caller"  # callers get copies: editing one changes nothing captured
     assert fio.provenance()["git_commit"] == "at-start"
+
+
+def test_resuming_removes_the_temporary_files_of_a_killed_process(tmp_path):
+    out = tmp_path / "run"
+    prepare_run_dir(out, {"lr": 0.1}, resume=False)
+    (out / "checkpoints").mkdir()
+    stale = [out / "checkpoints" / ".last.pt.abc123.tmp", out / ".metrics.jsonl.x9.tmp"]
+    kept = [out / "checkpoints" / "last.pt", out / "notes.tmp"]  # not atomic_path's temporaries
+    for p in stale + kept:
+        p.write_text("x")
+    assert sorted(remove_stale_temps(out)) == sorted(stale)
+    for p in stale:
+        p.write_text("x")
+    with pytest.raises(UserError):  # a refused resume touches nothing
+        prepare_run_dir(out, {"lr": 0.2}, resume=True)
+    assert all(p.exists() for p in stale)
+    prepare_run_dir(out, {"lr": 0.1}, resume=True)
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)

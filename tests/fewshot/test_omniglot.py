@@ -1,12 +1,10 @@
 """Omniglot reader: the official PNGs, read our way, must reproduce the upstream cache byte for byte."""
 
 import io
-import os
 import struct
 import tarfile
 import urllib.error
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,30 +13,15 @@ from PIL import Image
 from fewshot import omniglot
 from fewshot.data import SPLITS, load_split
 from fewshot.errors import UserError
+from tests.datafiles import official_zip, omniglot_archive
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared/data"
-SMALL1 = SHARED / "omniglot-official/images_background_small1.zip"
-SMALL2 = SHARED / "omniglot-official/images_background_small2.zip"
-
-
-def _archive() -> Path:
-    source = os.environ.get("OMNIGLOT_SOURCE", "")
-    if source.endswith(".tar.xz") and Path(source).is_file():
-        return Path(source)
-    return SHARED / "omniglot/omniglot.tar.xz"
-
-
-def _need(path: Path) -> Path:
-    if not path.is_file():
-        hint = " (set OMNIGLOT_SOURCE to omniglot.tar.xz)" if path.name.endswith(".tar.xz") else ""
-        pytest.skip(f"Omniglot data not found at {path}{hint}")
-    return path
+SMALL1, SMALL2 = "images_background_small1.zip", "images_background_small2.zip"
 
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """{split: (X, Y)} of the upstream cache, extracted once for the module."""
-    paths = omniglot.extract_cache_archive(_need(_archive()), tmp_path_factory.mktemp("omniglot"))
+    paths = omniglot.extract_cache_archive(omniglot_archive(), tmp_path_factory.mktemp("omniglot"))
     return omniglot.load_cache_splits(paths)
 
 
@@ -54,7 +37,7 @@ def where(cache):
 
 @pytest.fixture(scope="module")
 def small1():
-    return omniglot.read_official_zip(_need(SMALL1))
+    return omniglot.read_official_zip(official_zip(SMALL1))
 
 
 def test_cache_archive_has_the_upstream_splits(cache):
@@ -92,7 +75,7 @@ def _first_pngs(path, n):
 
 
 def test_only_nearest_and_inversion_reproduce_the_cache(where):
-    images = _first_pngs(_need(SMALL1), 40)
+    images = _first_pngs(official_zip(SMALL1), 40)
     assert all(omniglot.to_cache_pixels(im).tobytes() in where for im in images)
     for resample in (Image.BILINEAR, Image.BICUBIC, Image.LANCZOS, Image.BOX):
         other = [(255 - np.asarray(im.convert("L").resize((28, 28), resample)))[..., None] for im in images]
@@ -102,7 +85,7 @@ def test_only_nearest_and_inversion_reproduce_the_cache(where):
 
 
 def test_build_splits_with_the_cache_reproduces_its_labels(cache, where):
-    splits = omniglot.build_splits([SMALL1], cache_splits=cache)
+    splits = omniglot.build_splits([official_zip(SMALL1)], cache_splits=cache)
     assert sum(len(y) for _, y in splits.values()) == 2720
     for split, (X, Y) in splits.items():
         assert X.dtype == np.uint8 and Y.dtype == np.int64
@@ -111,9 +94,9 @@ def test_build_splits_with_the_cache_reproduces_its_labels(cache, where):
 
 
 def test_two_overlapping_zips_read_each_drawing_once(cache):
-    X, characters, _ = omniglot.read_official_zips([_need(SMALL1), _need(SMALL2)])
-    n1 = len(omniglot.read_official_zip(SMALL1)[0])
-    n2 = len(omniglot.read_official_zip(SMALL2)[0])
+    X, characters, _ = omniglot.read_official_zips([official_zip(SMALL1), official_zip(SMALL2)])
+    n1 = len(omniglot.read_official_zip(official_zip(SMALL1))[0])
+    n2 = len(omniglot.read_official_zip(official_zip(SMALL2))[0])
     assert len(X) < n1 + n2  # the two subsets share 50 Greek and Latin characters
     assert len({(c, x.tobytes()) for x, c in zip(X, characters)}) == len(X)
     labels = omniglot.labels_from_cache(X, characters, cache)
@@ -121,8 +104,8 @@ def test_two_overlapping_zips_read_each_drawing_once(cache):
 
 
 def test_build_splits_without_cache_is_seeded_and_labels_train_first(tmp_path):
-    a = omniglot.build_splits(_need(SMALL1), seed=3)
-    b = omniglot.build_splits(SMALL1, seed=3)
+    a = omniglot.build_splits(official_zip(SMALL1), seed=3)
+    b = omniglot.build_splits(official_zip(SMALL1), seed=3)
     for s in SPLITS:
         np.testing.assert_array_equal(a[s][0], b[s][0])
         np.testing.assert_array_equal(a[s][1], b[s][1])
@@ -271,10 +254,10 @@ def test_download_writes_zips_and_rejects_non_zips(tmp_path):
     src = tmp_path / "mirror"
     src.mkdir()
     for name in omniglot.OFFICIAL_ZIPS:
-        (src / name).write_bytes(_need(SMALL1).read_bytes())
+        (src / name).write_bytes(official_zip(SMALL1).read_bytes())
     paths = omniglot.download_official(tmp_path / "dl", base_url=src.as_uri() + "/")
     assert [p.name for p in paths] == list(omniglot.OFFICIAL_ZIPS)
-    assert all(p.read_bytes() == SMALL1.read_bytes() for p in paths)
+    assert all(p.read_bytes() == official_zip(SMALL1).read_bytes() for p in paths)
     (src / "images_background.zip").write_text("<html>rate limited</html>")
     with pytest.raises(UserError, match="did not return a zip"):
         omniglot.download_official(tmp_path / "dl2", base_url=src.as_uri() + "/")

@@ -29,7 +29,7 @@ def test_summary_reads_every_stage(tmp_path):
     assert pem["seconds"] == {"cfe": 120, "encode": 30, "maml": 120, "test": 180}
     assert pem["ari"] == 0.5 and pem["nmi"] == 0.9
     table = to_markdown(list(rows.values()))
-    assert "| maml-pem | MAML + PEM | 20 | 91.00 ± 0.40 (1000 tasks, 10 steps) | 95.00 ± 0.40" in table
+    assert "| maml-pem | MAML + PEM | test | 20 | 91.00 ± 0.40 % (1000 tasks, 10 steps) | 95.00 ± 0.40 %" in table
     assert "| 2.0 | 0.5 | 2.0 | 3.0 |" in table
 
 
@@ -65,7 +65,7 @@ def test_a_test_of_one_task_shows_no_interval(tmp_path):
     save_json(tmp_path / "maml-pem" / "results" / "test_5w1s.json",  # as maml.test --tasks 1 writes it
               {"ways": 5, "shots": 1, "accuracy": 0.8, "ci95": None, "tasks": 1, "steps": 10, "seconds": 1})
     table = to_markdown(summarise(tmp_path))
-    assert "| 80.00 no interval (1 tasks, 10 steps) |" in table
+    assert "| 80.00 % (no interval) (1 tasks, 10 steps) |" in table
 
 
 def test_main_writes_summary_files(tmp_path, capsys):
@@ -76,7 +76,7 @@ def test_main_writes_summary_files(tmp_path, capsys):
 
 
 def test_folder_without_runs_is_an_error(tmp_path):
-    with pytest.raises(UserError, match="no maml run folders"):
+    with pytest.raises(UserError, match="no run folders with results"):
         summarise(tmp_path)
     with pytest.raises(UserError, match="no such folder"):
         summarise(tmp_path / "missing")
@@ -85,9 +85,39 @@ def test_folder_without_runs_is_an_error(tmp_path):
 def test_supervised_reference_runs_are_labelled(tmp_path):
     make_pipeline(tmp_path)
     save_json(tmp_path / "maml-true" / "config.json", {"pem": False, "supervised": True, "epochs": 60})
+    save_json(tmp_path / "maml-true" / "results" / "test_5w1s.json", {"ways": 5, "shots": 1, "accuracy": 0.99,
+              "ci95": 0.001, "tasks": 1000, "steps": 10, "seconds": 9})
     rows = {r["method"]: r for r in summarise(tmp_path)}
     assert rows["MAML, true labels (supervised)"]["maml_epochs"] == 60
-    assert "| maml-true | MAML, true labels (supervised) | 60 | - | - |" in to_markdown(list(rows.values()))
+    table = to_markdown(list(rows.values()))
+    assert "| maml-true | MAML, true labels (supervised) | test | 60 | 99.00 ± 0.10 % (1000 tasks, 10 steps) | - |" \
+        in table
+
+
+def test_val_and_test_results_are_separate_rows(tmp_path):
+    make_pipeline(tmp_path)
+    save_json(tmp_path / "maml-pem" / "results" / "val_5w1s.json", {"ways": 5, "shots": 1, "accuracy": 0.7,
+              "ci95": 0.01, "tasks": 1000, "steps": 10, "seconds": 9})
+    rows = [(r["run"].rsplit("/", 1)[1], r["split"]) for r in summarise(tmp_path)]
+    assert rows == [("maml-nopem", "test"), ("maml-pem", "val"), ("maml-pem", "test")]
+    val = summarise(tmp_path)[1]
+    assert val["5w1s"]["accuracy"] == 0.7 and "5w5s" not in val and val["seconds"]["test"] == 9
+
+
+def test_the_pixel_baseline_gives_a_paired_difference_on_the_same_tasks(tmp_path):
+    make_pipeline(tmp_path)
+    common = {"ways": 5, "shots": 1, "ci95": 0.1, "tasks": 4, "steps": 0, "seed": 0, "cache": "/a/x_test.npz"}
+    save_json(tmp_path / "pixels" / "config.json", {"method": "raw pixels"})
+    save_json(tmp_path / "pixels" / "results" / "test_5w1s.json", {**common, "accuracy": 0.5,
+              "per_task_accuracy": [0.4, 0.6, 0.4, 0.6]})
+    save_json(tmp_path / "maml-pem" / "results" / "test_5w1s.json", {**common, "accuracy": 0.7, "steps": 10,
+              "cache": "/b/x_test.npz", "per_task_accuracy": [0.6, 0.8, 0.6, 0.8]})
+    rows = summarise(tmp_path)
+    pixels = next(r for r in rows if r["method"] == "raw pixels")
+    assert pixels["ari"] is None and pixels["seconds"]["cfe"] is None and pixels["maml_epochs"] is None
+    table = to_markdown(rows)
+    assert "- maml-pem - pixels, test 5-way 1-shot: +20.00 ± 0.00 points" in table
+    assert "maml-nopem - pixels" not in table  # other tasks (no per-task accuracies): no paired difference
 
 
 def _write(path, content):

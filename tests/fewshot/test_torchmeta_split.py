@@ -11,14 +11,19 @@ from PIL import Image, ImageOps
 from fewshot import omniglot, torchmeta_split
 from fewshot.data import load_split, prepared_path
 from fewshot.errors import cli_main
+from tests.datafiles import official_zip, omniglot_archive
 
-from .test_omniglot import SMALL1, _archive, _need
+
+@pytest.fixture
+def small1():
+    """The official subset of 136 characters, in all three of the cache's splits."""
+    return official_zip("images_background_small1.zip")
 
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("omniglot")
-    omniglot.extract_cache_archive(_need(_archive()), out)
+    omniglot.extract_cache_archive(omniglot_archive(), out)
     return out
 
 
@@ -32,16 +37,15 @@ def test_torchmeta_pixels_are_the_inverted_png_resized_bilinear():
     assert 0 < x.max() < 255 and not np.array_equal(x, near)  # averaged grey, where nearest keeps 0/255
 
 
-def test_split_keeps_the_cache_labels_with_torchmeta_pixels(cache_dir, tmp_path):
-    _need(SMALL1)  # 136 characters, in all three of the cache's splits
-    X_near, characters, files = omniglot.read_official_zip(SMALL1)
+def test_split_keeps_the_cache_labels_with_torchmeta_pixels(cache_dir, tmp_path, small1):
+    X_near, characters, files = omniglot.read_official_zip(small1)
     cache = omniglot.load_cache_splits({s: prepared_path(cache_dir, "omniglot", s) for s in ("train", "val", "test")})
     assigned = omniglot.labels_from_cache(X_near, characters, cache)
     test = np.array([assigned[str(c)][0] == "test" for c in characters])
     got = {}
     for pixels in ("torchmeta", "cache"):
         out = tmp_path / pixels
-        torchmeta_split.main(["--zips", str(SMALL1), "--cache-dir", str(cache_dir), "--out", str(out),
+        torchmeta_split.main(["--zips", str(small1), "--cache-dir", str(cache_dir), "--out", str(out),
                               "--partial", "--pixels", pixels])
         got[pixels] = load_split(prepared_path(out, "omniglot", "test"))
     tm, near = got["torchmeta"], got["cache"]
@@ -49,19 +53,18 @@ def test_split_keeps_the_cache_labels_with_torchmeta_pixels(cache_dir, tmp_path)
     assert np.array_equal(tm.Y, [assigned[str(c)][1] for c in characters[test]])  # each drawing, the cache's label
     assert np.array_equal(near.Y, tm.Y) and np.array_equal(near.X, X_near[test])  # same drawings, cache pixels
     first = files[int(np.flatnonzero(test)[0])]
-    with zipfile.ZipFile(SMALL1) as zf:  # resampled independently here
+    with zipfile.ZipFile(small1) as zf:  # resampled independently here
         ref = omniglot.to_torchmeta_pixels(Image.open(io.BytesIO(zf.read(first))))
     assert np.array_equal(tm.X[0], ref) and not np.array_equal(tm.X, near.X)
     assert "bilinear" in tm.meta["pixels"] and "nearest" in near.meta["pixels"]
 
 
-def test_incomplete_zips_and_missing_inputs_fail_in_one_line_and_write_nothing(cache_dir, tmp_path, capsys):
-    _need(SMALL1)
+def test_incomplete_zips_and_missing_inputs_fail_in_one_line_and_write_nothing(cache_dir, tmp_path, capsys, small1):
     out = tmp_path / "tm"
     for argv, message in [
-        (["--zips", str(SMALL1), "--cache-dir", str(cache_dir), "--splits", "train"], "lack"),  # small subset
+        (["--zips", str(small1), "--cache-dir", str(cache_dir), "--splits", "train"], "lack"),  # small subset
         (["--zips", str(tmp_path / "none"), "--cache-dir", str(cache_dir)], "no official Omniglot zip"),
-        (["--zips", str(SMALL1), "--cache-dir", str(tmp_path)], "file not found"),
+        (["--zips", str(small1), "--cache-dir", str(tmp_path)], "file not found"),
     ]:
         with pytest.raises(SystemExit) as e:
             cli_main(torchmeta_split.main, [*argv, "--out", str(out)])
@@ -70,14 +73,13 @@ def test_incomplete_zips_and_missing_inputs_fail_in_one_line_and_write_nothing(c
     assert not Path(out).exists()
 
 
-def test_zips_without_a_drawing_of_the_split_fail_in_one_line_even_with_partial(cache_dir, tmp_path, capsys):
-    _need(SMALL1)
-    X, characters, files = omniglot.read_official_zip(SMALL1)
+def test_zips_without_a_drawing_of_the_split_fail_in_one_line_even_with_partial(cache_dir, tmp_path, capsys, small1):
+    X, characters, files = omniglot.read_official_zip(small1)
     cache = omniglot.load_cache_splits({s: prepared_path(cache_dir, "omniglot", s) for s in ("train", "val", "test")})
     assigned = omniglot.labels_from_cache(X, characters, cache)
     one = next(str(c) for c in characters if assigned[str(c)][0] == "train")  # a zip of one train character
     small = tmp_path / "images_background_one.zip"
-    with zipfile.ZipFile(SMALL1) as src, zipfile.ZipFile(small, "w") as dst:
+    with zipfile.ZipFile(small1) as src, zipfile.ZipFile(small, "w") as dst:
         for name, c in zip(files, characters):
             if str(c) == one:
                 dst.writestr(name, src.read(name))

@@ -1,1 +1,0 @@
-"""Embedding Propagation (DESIGN.md §4): not implemented yet."""
