@@ -171,15 +171,44 @@ def to_markdown(rows) -> str:
     return "\n".join(lines) + "\n"
 
 
+SAME_TASKS = ("split", "ways", "shots", "queries", "tasks", "seed")  # what two results must share to be paired
+
+
+def compare(a_path, b_path) -> dict:
+    """The paired difference a - b of two result files evaluated on the same tasks (maml.test or fewshot.baseline
+    with the same split, cache labels and seed), with its 95% interval."""
+    a, b = (_object(p, load_json(p)) for p in (a_path, b_path))
+    for path, r in ((a_path, a), (b_path, b)):
+        if not isinstance(r.get("per_task_accuracy"), list) or r.get("seed") is None:
+            raise UserError(f"{path}: holds no per-task accuracies of sampled tasks; nothing to pair")
+    differ = [k for k in SAME_TASKS if a.get(k) != b.get(k)]
+    if differ or len(a["per_task_accuracy"]) != len(b["per_task_accuracy"]):
+        shown = ", ".join(f"{k} {a.get(k)} vs {b.get(k)}" for k in differ) or "number of per-task accuracies"
+        raise UserError(f"{a_path} and {b_path} are not on the same tasks ({shown})")
+    diff, ci = paired_difference(a["per_task_accuracy"], b["per_task_accuracy"])
+    return {"a": str(a_path), "b": str(b_path), "difference": diff, "ci95": ci, "a_accuracy": a["accuracy"],
+            "b_accuracy": b["accuracy"], **{k: a.get(k) for k in SAME_TASKS}}
+
+
 def get_parser():
     p = argparse.ArgumentParser(prog="python -m fewshot.report", description=__doc__.split("\n")[0],
                                 formatter_class=HelpFormatter)
-    p.add_argument("root", help="pipeline folder holding cfe/, caches/, maml-*/ and optionally pixels/")
+    p.add_argument("root", nargs="?", help="pipeline folder holding cfe/, caches/, maml-*/ and optionally pixels/")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                   help="print the paired difference A - B of two result files on the same tasks instead")
     return p
 
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    if args.compare:
+        c = compare(*args.compare)
+        print(f"{c['split']} {c['ways']}-way {c['shots']}-shot, {c['tasks']} tasks: "
+              f"{100 * c['a_accuracy']:.2f} - {100 * c['b_accuracy']:.2f} % = "
+              f"{format_accuracy(c['difference'], c['ci95'], signed=True)} (paired)")
+        return
+    if not args.root:
+        raise UserError("give a pipeline folder, or --compare A B")
     root = Path(args.root)
     rows = summarise(root)
     table = to_markdown(rows)

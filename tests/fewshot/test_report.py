@@ -120,6 +120,18 @@ def test_the_pixel_baseline_gives_a_paired_difference_on_the_same_tasks(tmp_path
     assert "maml-nopem - pixels" not in table  # other tasks (no per-task accuracies): no paired difference
 
 
+def test_compare_gives_the_paired_difference_of_two_results_on_the_same_tasks(tmp_path, capsys):
+    common = {"split": "val", "ways": 5, "shots": 1, "queries": 5, "tasks": 4, "seed": 0, "ci95": 0.1}
+    save_json(tmp_path / "a.json", {**common, "accuracy": 0.75, "per_task_accuracy": [0.8, 0.6, 1.0, 0.6]})
+    save_json(tmp_path / "b.json", {**common, "accuracy": 0.6, "per_task_accuracy": [0.6, 0.6, 0.8, 0.4]})
+    main(["--compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")])
+    # differences 0.2, 0, 0.2, 0.2: mean 0.15, sd 0.1, half-width 1.96 * 0.1 / 2
+    assert capsys.readouterr().out == "val 5-way 1-shot, 4 tasks: 75.00 - 60.00 % = +15.00 ± 9.80 points (paired)\n"
+    save_json(tmp_path / "c.json", {**common, "seed": 1, "accuracy": 0.6, "per_task_accuracy": [0.6] * 4})
+    with pytest.raises(UserError, match="not on the same tasks \\(seed 0 vs 1\\)"):
+        main(["--compare", str(tmp_path / "a.json"), str(tmp_path / "c.json")])
+
+
 def _write(path, content):
     path.parent.mkdir(parents=True, exist_ok=True)
     (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
