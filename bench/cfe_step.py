@@ -1,21 +1,18 @@
 """Speed of one cfe.train step (batch 256, augmentation included) against this machine's fp32 matmul peak.
 
-    python bench/cfe_step.py                      # Omniglot recipe: Conv4, 28x28 grey, queue 16384
+    python bench/cfe_step.py                      # cfe.train's defaults: Conv4, 28x28 grey, queue 16384, 4 splits
     python bench/cfe_step.py --queue-size 16384 65536
-    python bench/cfe_step.py --bn-splits 1 4      # one BatchNorm vs 4 groups + key shuffle (CFE_BN_SPLITS=4)
-    python bench/cfe_step.py --crop clamped torchvision   # the two ways of drawing crop boxes (CFE_CROP)
-    python bench/cfe_step.py --bn-splits 4 --per-split-loss 0 1   # one loss per split or over the batch
+    python bench/cfe_step.py --bn-splits 1 4      # one BatchNorm and loss over the batch vs 4 splits + key shuffle
     python bench/cfe_step.py --device cuda        # on a GPU, against its fp32 matmul peak
 
-Every setting given (each --queue-size x --bn-splits x --crop x --per-split-loss) is measured in the same process on the
-same cores, their steps interleaved so that any slowdown of the machine hits all of them alike, and each is
-reported as its median step time, its ratio to the first setting, and its share of the matmul peak (the step's
-achieved FLOP rate over a 4096x4096 fp32 matmul's). FLOPs are counted by torch's FlopCounterMode (convolutions,
-matmuls; elementwise ops are not counted, so the share is a lower bound).
+Every setting given (each --queue-size x --bn-splits) is measured in the same process on the same cores, their
+steps interleaved so that any slowdown of the machine hits all of them alike, and each is reported as its median
+step time, its ratio to the first setting, and its share of the matmul peak (the step's achieved FLOP rate over a
+4096x4096 fp32 matmul's). FLOPs are counted by torch's FlopCounterMode (convolutions, matmuls; elementwise ops are
+not counted, so the share is a lower bound).
 """
 
 import argparse
-import functools
 import itertools
 import json
 import platform
@@ -25,7 +22,6 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cfe.augment import CROP_MODES, omniglot_augment
 from cfe.model import CFE
 from cfe.train import check_step_settings, train_step
 from fewshot.cli import THREADS_HELP, HelpFormatter, nonneg_int, positive_int
@@ -55,16 +51,15 @@ def matmul_gflops(device, n=4096, repeats=5) -> float:
     return 2 * n**3 / min(timed(lambda: a @ b, device) for _ in range(repeats)) / 1e9
 
 
-def make_step(device, batch_size, queue_size, bn_splits, crop, per_split_loss):
+def make_step(device, batch_size, queue_size, bn_splits):
     """A closure running one training step of a fresh CFE model with this setting (seeded, so repeatable)."""
     torch.manual_seed(0)
-    model = CFE(queue_size=queue_size, bn_splits=bn_splits, per_split_loss=per_split_loss)
+    model = CFE(queue_size=queue_size, bn_splits=bn_splits)
     model = model.to(device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.encoder_q.parameters(), 0.03, momentum=0.9, weight_decay=1e-4)
     images = torch.randint(0, 256, (batch_size, 28, 28, 1), dtype=torch.uint8, device=device)
     gen = torch.Generator(device=device).manual_seed(0)
-    augment = functools.partial(omniglot_augment, crop=crop)
-    return lambda: train_step(model, opt, images, gen, augment)
+    return lambda: train_step(model, opt, images, gen)
 
 
 def get_parser():
@@ -72,11 +67,7 @@ def get_parser():
                                 formatter_class=HelpFormatter)
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per step")
     p.add_argument("--queue-size", type=positive_int, nargs="+", default=[16384], help="queue lengths to time")
-    p.add_argument("--bn-splits", type=positive_int, nargs="+", default=[1], help="BatchNorm splits to time")
-    p.add_argument("--crop", nargs="+", choices=CROP_MODES, default=["clamped"],
-                   help="crop box modes (cfe/augment.py)")
-    p.add_argument("--per-split-loss", type=int, nargs="+", choices=[0, 1], default=[0],
-                   help="1: one CFE loss per BatchNorm split (needs --bn-splits >= 2), 0: over the whole batch")
+    p.add_argument("--bn-splits", type=positive_int, nargs="+", default=[4], help="BatchNorm and loss splits to time")
     p.add_argument("--steps", type=positive_int, default=20, help="timed steps per setting")
     p.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (the matmul peak is measured there too)")
@@ -85,10 +76,9 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    split_loss = [bool(v) for v in args.per_split_loss]
-    settings = list(itertools.product(args.queue_size, args.bn_splits, args.crop, split_loss))
-    for q, s, _, sl in settings:
-        check_step_settings(args.batch_size, q, s, sl)
+    settings = list(itertools.product(args.queue_size, args.bn_splits))
+    for q, s in settings:
+        check_step_settings(args.batch_size, q, s)
     set_threads(args.threads)
     device = pick_device(args.device)
     steps = [make_step(device, args.batch_size, *setting) for setting in settings]
@@ -105,12 +95,12 @@ def main(argv=None):
             ts.append(timed(step, device))
     peak = matmul_gflops(device)
     medians = [statistics.median(ts) for ts in times]
-    rows = [{"queue_size": q, "bn_splits": s, "crop": c, "per_split_loss": sl,
+    rows = [{"queue_size": q, "bn_splits": s,
              "step_seconds_median": round(sec, 4), "step_seconds_min": round(min(ts), 4),
              "ratio_to_first": round(sec / medians[0], 3),
              "step_gflop": round(f / 1e9, 2), "step_gflops_per_s": round(f / sec / 1e9, 1),
              "share_of_matmul_peak": round(f / sec / 1e9 / peak, 3)}
-            for (q, s, c, sl), sec, ts, f in zip(settings, medians, times, flops)]
+            for (q, s), sec, ts, f in zip(settings, medians, times, flops)]
     print(json.dumps({"settings": rows, "matmul_gflops_per_s": round(peak, 1), "batch_size": args.batch_size,
                       "steps": args.steps, "threads": torch.get_num_threads(), "torch": str(torch.__version__),
                       "device": str(device), "machine": device_name(device)}, indent=2))

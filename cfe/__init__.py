@@ -1,1 +1,2 @@
-"""CFE: the clustering-friendly embedding (DESIGN.md §4), its training and the pseudo-labelling encoder."""
+"""CFE: the clustering-friendly embedding (docs/design.md, algorithms: CFE), its training and the pseudo-labelling
+encoder."""

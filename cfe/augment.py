@@ -1,23 +1,17 @@
 """The upstream Omniglot augmentation, done as batched tensor ops.
 
-Upstream (PL-CFE `main_cfe_omni.py`, per image with PIL): RandomResizedCrop(28, scale=(0.2, 1.1),
+Upstream (PL-CFE main_cfe_omni.py, per image with PIL): RandomResizedCrop(28, scale=(0.2, 1.1),
 ratio=(0.9, 1.1), bilinear) and, with p = 0.5, GaussianBlur with sigma ~ U(0.1, 2.0). Here one `affine_grid` +
 `grid_sample` crops the whole batch and one grouped convolution blurs it, which is several times faster on a CPU
 than a PIL pipeline. Randomness comes only from the `generator` passed in, so a run is reproducible and
 resumable without saving global RNG state.
 
-Two ways to draw the crop box (`crop=`):
-- "torchvision": torchvision's RandomResizedCrop.get_params, batched: up to 10 draws of (area, ratio), the first
-  integer box that fits inside the image is used, else the whole image (the centre-crop fallback for a square
-  image with ratio 0.9-1.1). So area fractions above 1 are never used and no view is zoomed out: upstream's views.
-  PIL cuts the box out before resizing, so its edge pixels are interpolated from inside the box only; here the
-  sampling points are clamped to the box's outermost pixel centres, which gives the same pixels (to within PIL's
-  rounding to uint8: tests/cfe/test_augment.py).
-- "clamped" (the default, which the quick preset and the first paper-preset runs used): one draw of area and
-  log-ratio, a real-valued box, centred when it is larger than the image. NOTE: this deviates from upstream:
-  about one view in six extends past the image and is padded with zeros (the background of white-on-black
-  Omniglot), and the box's centre is drawn from the middle half of the positions that keep it inside the image,
-  not from all of them (kept as it is: the recorded quick-preset and clamped-crop results used it).
+The crop boxes are drawn as torchvision's RandomResizedCrop.get_params draws them, batched: up to 10 draws of
+(area, ratio), the first integer box that fits inside the image is used, else the whole image (the centre-crop
+fallback for a square image with ratio 0.9-1.1). So area fractions above 1 are never used and no view is zoomed
+out: upstream's views. PIL cuts the box out before resizing, so its edge pixels are interpolated from inside the
+box only; here the sampling points are clamped to the box's outermost pixel centres, which gives the same pixels
+(to within PIL's rounding to uint8: tests/cfe/test_augment.py).
 
 NOTE: the blur is a 9-tap Gaussian (cut at 4 pixels from the centre, 2 sigma at the largest sigma), not PIL's
 ImageFilter.GaussianBlur that upstream calls, which approximates a Gaussian by repeated box blurs. So blurred views
@@ -28,8 +22,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-
-CROP_MODES = ("clamped", "torchvision")  # the `crop=` values below; the CLIs offer these
 
 
 def torchvision_crop_boxes(n, size, generator, scale=(0.2, 1.1), ratio=(0.9, 1.1), tries=10, device=None):
@@ -53,43 +45,27 @@ def torchvision_crop_boxes(n, size, generator, scale=(0.2, 1.1), ratio=(0.9, 1.1
     return top, left, h, w
 
 
-def random_resized_crop(x, generator, scale=(0.2, 1.1), ratio=(0.9, 1.1), out_size=None, crop="clamped"):
-    """x: NxCxHxW float (H = W). Returns NxCxSxS crops resized (bilinear) to out_size (default H)."""
+def random_resized_crop(x, generator, scale=(0.2, 1.1), ratio=(0.9, 1.1), out_size=None):
+    """x: NxCxHxW float (H = W). Returns NxCxSxS crops of torchvision's boxes resized (bilinear) to out_size
+    (default H)."""
     n, c, h, w = x.shape
+    assert h == w, f"square images expected, got {h}x{w}"
     s = out_size or h
+    top, left, ch, cw = (t.to(x.dtype) for t in torchvision_crop_boxes(n, h, generator, scale, ratio,
+                                                                          device=x.device))
+    # the box [left, left + cw) x [top, top + ch) in the normalised coordinates of affine_grid
     theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
-    if crop == "torchvision":
-        assert h == w, f"square images expected, got {h}x{w}"
-        top, left, ch, cw = (t.to(x.dtype) for t in torchvision_crop_boxes(n, h, generator, scale, ratio,
-                                                                              device=x.device))
-        # the box [left, left + cw) x [top, top + ch) in the normalised coordinates of affine_grid
-        theta[:, 0, 0], theta[:, 0, 2] = cw / w, (2 * left + cw) / w - 1
-        theta[:, 1, 1], theta[:, 1, 2] = ch / h, (2 * top + ch) / h - 1
-    elif crop == "clamped":
-        u = torch.rand(n, 4, generator=generator, device=x.device)
-        area = scale[0] + (scale[1] - scale[0]) * u[:, 0]  # fraction of the image area
-        log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
-        aspect = torch.exp(log_r)  # width / height
-        cw = torch.sqrt(area * aspect)  # crop width as a fraction of the image width
-        ch = torch.sqrt(area / aspect)
-        # centre within the middle half of the offsets that keep the crop inside the image (|c| <= (1 - size) / 2,
-        # see the NOTE above); when the crop is larger than the image, keep it centred
-        cx = (1 - cw).clamp(min=0) * (u[:, 2] - 0.5)  # in [-1, 1] normalised coordinates (half-extent is 1)
-        cy = (1 - ch).clamp(min=0) * (u[:, 3] - 0.5)
-        theta[:, 0, 0], theta[:, 0, 2] = cw, cx
-        theta[:, 1, 1], theta[:, 1, 2] = ch, cy
-    else:
-        raise ValueError(f"crop must be one of {CROP_MODES}, got {crop!r}")
+    theta[:, 0, 0], theta[:, 0, 2] = cw / w, (2 * left + cw) / w - 1
+    theta[:, 1, 1], theta[:, 1, 2] = ch / h, (2 * top + ch) / h - 1
     grid = F.affine_grid(theta, (n, c, s, s), align_corners=False)  # NxSxSx2, (x, y) in [-1, 1]
-    if crop == "torchvision":
-        # keep every sampling point between the centres of the box's outermost pixels, so that bilinear weights
-        # never reach the pixels next to the box: what resizing the cut-out box (PIL, F.interpolate) reads
-        lo_x, hi_x = (2 * left + 1) / w - 1, (2 * (left + cw) - 1) / w - 1  # N, pixel centres in [-1, 1]
-        lo_y, hi_y = (2 * top + 1) / h - 1, (2 * (top + ch) - 1) / h - 1
-        gx = torch.maximum(torch.minimum(grid[..., 0], hi_x[:, None, None]), lo_x[:, None, None])
-        gy = torch.maximum(torch.minimum(grid[..., 1], hi_y[:, None, None]), lo_y[:, None, None])
-        grid = torch.stack((gx, gy), dim=-1)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    # keep every sampling point between the centres of the box's outermost pixels, so that bilinear weights never
+    # reach the pixels next to the box: what resizing the cut-out box (PIL, F.interpolate) reads
+    lo_x, hi_x = (2 * left + 1) / w - 1, (2 * (left + cw) - 1) / w - 1  # N, pixel centres in [-1, 1]
+    lo_y, hi_y = (2 * top + 1) / h - 1, (2 * (top + ch) - 1) / h - 1
+    gx = torch.maximum(torch.minimum(grid[..., 0], hi_x[:, None, None]), lo_x[:, None, None])
+    gy = torch.maximum(torch.minimum(grid[..., 1], hi_y[:, None, None]), lo_y[:, None, None])
+    return F.grid_sample(x, torch.stack((gx, gy), dim=-1), mode="bilinear", padding_mode="zeros",
+                         align_corners=False)
 
 
 def random_gaussian_blur(x, generator, p=0.5, sigma=(0.1, 2.0), kernel_size=9):
@@ -111,8 +87,8 @@ def random_gaussian_blur(x, generator, p=0.5, sigma=(0.1, 2.0), kernel_size=9):
     return y.reshape(n, c, h, w)
 
 
-def omniglot_augment(x, generator, crop="clamped"):
+def omniglot_augment(x, generator):
     """x: NxCxHxW float in [0, 1] -> one augmented view, same shape, channels_last."""
-    x = random_resized_crop(x, generator, crop=crop)
+    x = random_resized_crop(x, generator)
     x = random_gaussian_blur(x, generator)
     return x.contiguous(memory_format=torch.channels_last)

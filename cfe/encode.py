@@ -1,10 +1,14 @@
-"""Embed the train split with a CFE checkpoint, pseudo-label it by k-means, write every split's cache (DESIGN.md §3-4).
+"""Embed the train split with a CFE checkpoint, pseudo-label it by k-means, write every split's cache.
 
     python -m cfe.encode --checkpoint runs/omniglot/cfe/checkpoints/last.pt --data-dir data/omniglot \\
-        --dataset omniglot --out runs/omniglot/caches --k 500
+        --dataset omniglot --out runs/omniglot/caches --clusters 500
 
-Writes {dataset}_{dim}_K_{K}_{train,val,test}.npz, {...}_train_clusters.npz and {...}_train_emb.npz. Train
-images of clusters smaller than --min-cluster-size are repeated up to that size so that every cluster can
+Writes {dataset}_{dim}_K_{K}_{train,val,test}.npz, {...}_train_clusters.npz and {...}_train_emb.npz (K =
+--clusters; upstream cfe/cfe_encoding.py's names), then encode.json, which names them under "caches" with the
+dataset, dim and K, so that the next stage reads them from there rather than from the names (docs/design.md, cache
+contract). encode.json is written last: its presence means the caches are complete.
+
+Train images of clusters smaller than --min-cluster-size are repeated up to that size so that every cluster can
 supply a task. Val and test are copied with their true labels as cluster labels. The train split's true labels
 never reach the clustering: before it they are only checked (one integer per image, no class shared with val or
 test); after it they give ARI/NMI/purity as a diagnostic and are carried into the cache unchanged.
@@ -23,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cfe.train import load_cfe
+from cfe.model import load_cfe
 from fewshot.backbones import to_float
 from fewshot.cli import DEVICE_HELP, THREADS_HELP, HelpFormatter, nonneg_int, positive_int, seed_int
 from fewshot.data import (
@@ -38,7 +42,7 @@ from fewshot.data import (
     write_split,
 )
 from fewshot.errors import UserError, cli_main
-from fewshot.io import file_sha256, prepare_run_dir, provenance, save_json, save_npz
+from fewshot.io import file_sha256, load_json, prepare_run_dir, provenance, save_json, save_npz
 from fewshot.metrics import cluster_quality
 from fewshot.runtime import pick_device, set_threads
 
@@ -50,7 +54,8 @@ def get_parser():
     p.add_argument("--data-dir", required=True, help="folder with {dataset}_cache_{train,val,test}.npz")
     p.add_argument("--dataset", required=True, help="dataset name, used in file names")
     p.add_argument("--out", required=True, help="folder for the caches")
-    p.add_argument("--k", type=positive_int, default=500, help="number of k-means clusters")
+    p.add_argument("--clusters", type=positive_int, default=500, metavar="K",
+                   help="number of k-means clusters (the K of the cache file names)")
     p.add_argument("--niter", type=positive_int, default=100, help="k-means iterations")
     p.add_argument("--knn-smooth", type=nonneg_int, default=0, metavar="M",
                    help="cluster each embedding averaged with its M nearest neighbours (0: off)")
@@ -63,7 +68,8 @@ def get_parser():
     p.add_argument("--batch-size", type=positive_int, default=1024, help="images per forward pass")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
-    p.add_argument("--resume", action="store_true", help="reuse --out if it already holds this configuration")
+    p.add_argument("--resume", action="store_true", help="continue in --out if it holds this configuration: "
+                   "nothing to do when its caches come from the checkpoint's current contents")
     return p
 
 
@@ -79,14 +85,18 @@ def embed(model, X: np.ndarray, batch_size: int, device, desc="embed") -> np.nda
 
 def kmeans(Z: np.ndarray, k: int, niter: int, seed: int, nredo: int = 1, gpu: bool = False) -> tuple:
     """faiss k-means on every point (no subsampling), best of `nredo` runs, on a GPU when asked and faiss has
-    GPU support. Returns (centres KxD, assignment N)."""
+    GPU support. Returns (centres KxD, assignment N).
+
+    NOTE: upstream (cfe/cfe_encoding.py) runs scikit-learn k-means++ with 10 restarts on the raw head outputs; this
+    runs faiss (one run by default, rather than ten) on the normalised ones: the space the CFE loss compares in.
+    """
     import faiss
 
     if torch.get_num_threads() > 0:
         faiss.omp_set_num_threads(torch.get_num_threads())  # follow --threads
     n, d = Z.shape
     if k > n:
-        raise UserError(f"--k {k} is larger than the number of train images ({n})")
+        raise UserError(f"--clusters {k} is larger than the number of train images ({n})")
     # faiss subsamples to 256 points per centroid unless told otherwise; we cluster every point
     km = faiss.Kmeans(d, k, niter=niter, nredo=nredo, seed=seed, max_points_per_centroid=n, verbose=False,
                       gpu=gpu and hasattr(faiss, "StandardGpuResources"))
@@ -98,10 +108,8 @@ def kmeans(Z: np.ndarray, k: int, niter: int, seed: int, nredo: int = 1, gpu: bo
 def knn_smooth(Z: np.ndarray, m: int) -> np.ndarray:
     """NxD unit rows -> NxD unit rows: each row averaged with its m nearest rows by cosine similarity (exact search).
 
-    NOTE: not in the paper. A CFE embedding's nearest neighbours share its true class more often than its k-means
-    cluster does, and averaging over them pulls each point towards its class before k-means: on Omniglot's paper
-    preset ARI rose from 0.179 to 0.204 with m = 5, but MAML + PEM gained no measurable accuracy (RESULTS.md,
-    "Neighbour-smoothed k-means"), so it is off by default.
+    NOTE: not in the paper, so off by default. A CFE embedding's nearest neighbours share its true class more often
+    than its k-means cluster does, so averaging over them pulls each point towards its class before k-means.
     """
     import faiss
 
@@ -135,11 +143,9 @@ def partitions(Z: np.ndarray, k: int, niter: int, seed: int, n_partitions: int, 
     the previous partition's. Returns (centres K'xD, assign PxN labels of every point in each partition,
     rows: which point each row of the train cache holds, labels: each row's cluster, part: each row's partition).
 
-    NOTE: not in the paper, which clusters once. CACTUs (Hsu et al. 2019) draws its tasks from many k-means
-    partitions; with one embedding, the partitions differ only by k-means' seed. On Omniglot's paper preset, 10
-    partitions alone gained no measurable accuracy, but 10 partitions of the neighbour-smoothed embedding
-    (--knn-smooth 5) gained 0.66 ± 0.30 and 0.39 ± 0.33 points at 1 shot over the preset on two CFE seeds, still
-    under the target (RESULTS.md, "Tasks from several k-means partitions"), so it is off by default."""
+    NOTE: not in the paper, which clusters once, so one partition by default. CACTUs (Hsu et al. 2019) draws its
+    tasks from many k-means partitions, so that no single partition's mistakes shape every task; with one
+    embedding, the partitions differ only by k-means' seed."""
     centres, assign, rows, labels, part, offset = [], [], [], [], [], 0
     for p in range(n_partitions):
         c, a = kmeans(Z, k, niter, seed + p, gpu=gpu)
@@ -155,79 +161,101 @@ def partitions(Z: np.ndarray, k: int, niter: int, seed: int, n_partitions: int, 
             np.concatenate(part))
 
 
+def read_inputs(args, arch) -> tuple:
+    """Every input, checked before the run folder is created so that a bad one leaves nothing behind.
+    Returns (train images, train labels: checked now, read again only after k-means, {val/test: Split})."""
+    paths = {s: prepared_path(args.data_dir, args.dataset, s) for s in SPLITS}
+    if not paths["train"].is_file():
+        raise UserError(f"{paths['train']}: file not found (expected {args.dataset}_cache_train.npz "
+                        f"in {args.data_dir})")
+    X_train = load_images(paths["train"])  # clustering sees images only
+    want = (arch["image_size"], arch["image_size"], arch["in_channels"])
+    if X_train.shape[1:] != want:
+        raise UserError(f"{paths['train']}: images are {X_train.shape[1:]}, the checkpoint expects {want}")
+    n = len(X_train)
+    if not 1 <= args.clusters <= n:
+        raise UserError(f"--clusters {args.clusters} must be between 1 and the number of train images ({n})")
+    if args.seed + args.partitions - 1 > 2**31 - 1:
+        raise UserError(f"--seed {args.seed} + --partitions {args.partitions} - 1 exceeds 2**31 - 1")
+    if args.knn_smooth >= n:
+        raise UserError(f"--knn-smooth {args.knn_smooth} must be smaller than the number of train images ({n})")
+    _, Y_train = check_split(X_train, load_array(paths["train"], "Y"), str(paths["train"]))
+    labelled = {s: load_split(paths[s]) for s in ("val", "test") if paths[s].is_file()}  # val, test: optional
+    for s, split in labelled.items():
+        if split.X.shape[1:] != want:
+            raise UserError(f"{paths[s]}: images are {split.X.shape[1:]}, the checkpoint expects {want}")
+    assert_disjoint_classes({"train": Y_train, **{s: split.Y for s, split in labelled.items()}})
+    return X_train, Y_train, labelled
+
+
+def write_caches(out, args, dim, X, Y, clustering, Z, labelled, meta) -> dict:
+    """Write the caches in the order an interrupted run can resume from (encode.json comes after them all);
+    returns {what: file name relative to out}."""
+    centres, assign, rows, row_label, row_part = clustering
+    several = args.partitions > 1
+    meta_array = np.array(json.dumps(meta, sort_keys=True))  # the clusters and embeddings say it too
+    names = {}
+
+    def path(what):
+        names[what] = encoded_path(out, args.dataset, dim, args.clusters, what).name
+        return out / names[what]
+
+    # one partition: no `partition` array, the cache as upstream's
+    write_split(path("train"), X[rows], Y[rows], cluster_label=row_label, index=rows, meta=meta,
+                partition=row_part if several else None)
+    save_npz(path("train_clusters"), cluster_centers=centres, meta=meta_array)
+    # NOTE: Z (what k-means clustered) has one row per train image, where upstream's has one per row of the
+    # expanded cache; `index` maps them. cluster_label is the first partition's, partition_labels (PxN) all of them
+    save_npz(path("train_emb"), Z=Z, cluster_label=assign[0], meta=meta_array,
+             **({"partition_labels": assign} if several else {}))
+    for s, split in labelled.items():
+        write_split(path(s), split.X, split.Y, cluster_label=split.Y, index=np.arange(len(split.X)), meta=meta)
+    return names
+
+
+def up_to_date(out: Path, checkpoint) -> bool:
+    """Whether OUT already holds the caches of this checkpoint file's current contents: encode.json (written last)
+    records the checkpoint's sha256, so a checkpoint rewritten in place (last.pt) is encoded again."""
+    done = out / "encode.json"
+    return done.is_file() and load_json(done).get("checkpoint_sha256") == file_sha256(checkpoint)
+
+
 def main(argv=None):
     args = get_parser().parse_args(argv)
     set_threads(args.threads)
     device = pick_device(args.device)
     model = load_cfe(args.checkpoint, device)
-    arch = model.arch
-    paths = {s: prepared_path(args.data_dir, args.dataset, s) for s in SPLITS}
-    if not paths["train"].is_file():
-        raise UserError(f"{paths['train']}: file not found (expected {args.dataset}_cache_train.npz "
-                        f"in {args.data_dir})")
-    paths = {s: p for s, p in paths.items() if p.is_file()}  # val and test are optional
-    # validate every input before the run folder is created, so a bad input leaves nothing behind
-    X_train = load_images(paths["train"])  # clustering sees images only
-    want = (arch["image_size"], arch["image_size"], arch["in_channels"])
-    if X_train.shape[1:] != want:
-        raise UserError(f"{paths['train']}: images are {X_train.shape[1:]}, the checkpoint expects {want}")
-    if not 1 <= args.k <= len(X_train):
-        raise UserError(f"--k {args.k} must be between 1 and the number of train images ({len(X_train)})")
-    if args.seed + args.partitions - 1 > 2**31 - 1:
-        raise UserError(f"--seed {args.seed} + --partitions {args.partitions} - 1 exceeds 2**31 - 1")
-    if args.knn_smooth >= len(X_train):
-        raise UserError(f"--knn-smooth {args.knn_smooth} must be smaller than the number of train images "
-                        f"({len(X_train)})")
-    # checked here so that a bad file stops the run before anything is written; not read again until after k-means
-    _, Y_train = check_split(X_train, load_array(paths["train"], "Y"), str(paths["train"]))
-    labelled = {s: load_split(paths[s]) for s in ("val", "test") if s in paths}  # cluster_label = true label
-    for s, split in labelled.items():
-        if split.X.shape[1:] != want:
-            raise UserError(f"{paths[s]}: images are {split.X.shape[1:]}, the checkpoint expects {want}")
-    assert_disjoint_classes({"train": Y_train, **{s: split.Y for s, split in labelled.items()}})
-    out = Path(args.out)
-    # `added`: caches from before these options were made without them
-    prepare_run_dir(out, vars(args), resume=args.resume, added={"knn_smooth": 0, "partitions": 1})
+    X_train, Y_train, labelled = read_inputs(args, model.arch)
+    out = prepare_run_dir(Path(args.out), vars(args), resume=args.resume)  # the same settings, or an error
+    if up_to_date(out, args.checkpoint):
+        print(f"{out}: already holds the caches of {args.checkpoint} with these settings; nothing to do")
+        return
     t0 = time.time()
 
-    # NOTE: upstream (cfe/cfe_encoding.py) runs scikit-learn k-means++ with 10 restarts on the raw head outputs;
-    # we run faiss once on the normalised ones, the space the CFE loss compares in. Both give the same
-    # pseudo-labels within 0.006 ARI on Omniglot (RESULTS.md, "The k-means flavour").
     Z = knn_smooth(embed(model, X_train, args.batch_size, device, "embed train"), args.knn_smooth)
-    centres, assign, rows, row_label, row_part = partitions(Z, args.k, args.niter, args.seed, args.partitions,
-                                                            args.min_cluster_size, gpu=device.type == "cuda")
-    cluster_label = assign[0]  # the first partition's labels of every train image
+    clustering = partitions(Z, args.clusters, args.niter, args.seed, args.partitions, args.min_cluster_size,
+                            gpu=device.type == "cuda")
+    centres, assign, rows = clustering[:3]
+    # which embedding made these pseudo-labels: last.pt is overwritten as training goes on, so its epoch and hash
+    meta = {"checkpoint": str(Path(args.checkpoint).resolve()), "checkpoint_epoch": model.trained_epochs,
+            "checkpoint_sha256": file_sha256(args.checkpoint), "clusters": args.clusters,
+            "clusters_used": int(len(centres)), "niter": args.niter, "knn_smooth": args.knn_smooth,
+            "partitions": args.partitions, "seed": args.seed, "min_cluster_size": args.min_cluster_size,
+            **provenance()}
+    dim = model.arch["dim"]
+    caches = write_caches(out, args, dim, X_train, Y_train, clustering, Z, labelled, meta)
 
     # diagnostics only, after clustering; with several partitions, their mean (each in its own entry)
     each = [cluster_quality(Y_train, a) for a in assign]
     quality = {m: float(np.mean([q[m] for q in each])) for m in each[0]}
     quality["clusters"] = int(len(centres))
-    # which embedding made these pseudo-labels: last.pt is overwritten as training goes on, so its epoch and hash
-    meta = {"checkpoint": str(Path(args.checkpoint).resolve()), "checkpoint_epoch": model.trained_epochs,
-            "checkpoint_sha256": file_sha256(args.checkpoint), "k": args.k, "clusters": int(len(centres)),
-            "niter": args.niter, "knn_smooth": args.knn_smooth, "partitions": args.partitions, "seed": args.seed,
-            "min_cluster_size": args.min_cluster_size, **provenance()}
-    meta_array = np.array(json.dumps(meta, sort_keys=True))  # the clusters and embeddings say it too
-    dim = arch["dim"]
-    write_split(encoded_path(out, args.dataset, dim, args.k, "train"), X_train[rows], Y_train[rows],
-                cluster_label=row_label, index=rows, meta=meta,
-                partition=row_part if args.partitions > 1 else None)  # one partition: the cache as upstream's
-    save_npz(encoded_path(out, args.dataset, dim, args.k, "train_clusters"), cluster_centers=centres, meta=meta_array)
-    # NOTE: Z (what k-means clustered) has one row per train image (upstream's has one per row of the expanded
-    # cache); index maps them
-    # (with partitions: cluster_label is the first one's, partition_labels PxN all of them)
-    save_npz(encoded_path(out, args.dataset, dim, args.k, "train_emb"), Z=Z, cluster_label=cluster_label,
-             meta=meta_array, **({"partition_labels": assign} if args.partitions > 1 else {}))
-    for s, split in labelled.items():
-        write_split(encoded_path(out, args.dataset, dim, args.k, s), split.X, split.Y, cluster_label=split.Y,
-                    index=np.arange(len(split.X)), meta=meta)
-    report = {"pseudo_label_quality": quality, **({"partition_quality": each} if args.partitions > 1 else {}),
-              "train_images": int(len(X_train)), "train_rows": int(len(rows)),
-              "repeated_rows": int(len(rows) - args.partitions * len(X_train)), "seconds": round(time.time() - t0, 1),
-              **meta}
-    save_json(out / "encode.json", report)
     several = args.partitions > 1
-    print(f"k-means K={args.k}" + (f" x {args.partitions} partitions" if several else "")
+    report = {"dataset": args.dataset, "dim": dim, "caches": caches, "pseudo_label_quality": quality,
+              **({"partition_quality": each} if several else {}), "train_images": int(len(X_train)),
+              "train_rows": int(len(rows)), "repeated_rows": int(len(rows) - args.partitions * len(X_train)),
+              "seconds": round(time.time() - t0, 1), **meta}
+    save_json(out / "encode.json", report)
+    print(f"k-means K={args.clusters}" + (f" x {args.partitions} partitions" if several else "")
           + f": {quality['clusters']} clusters, {report['repeated_rows']} repeated rows; "
           + f"pseudo-labels vs hidden truth (diagnostic{', mean of the partitions' if several else ''}): "
           + f"ARI {quality['ari']:.3f} NMI {quality['nmi']:.3f} purity {quality['purity']:.3f}")

@@ -1,4 +1,4 @@
-"""The CFE loss as a pure function (DESIGN.md §4)."""
+"""The CFE loss as a pure function (docs/design.md, algorithms: CFE)."""
 
 import torch
 import torch.nn.functional as F
@@ -10,25 +10,26 @@ def cfe_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature:
 
     q: NxC normalised query embeddings (with gradient); k: NxC normalised key embeddings (no gradient);
     queue: KxC past keys. With mu_n = (q_n + k_n) / 2, the logits of row n are
-        [mu_n . sg(mu_m) for m in batch] ++ [mu_n . sg(queue_j) for j in queue],
+        [mu_n . sg(mu_m) for m in n's group] ++ [mu_n . sg(queue_j) for j in queue],
     divided by the temperature, and the target is column n: |mu_n|^2 (how much the views agree) must beat
     the similarity to every other image's centre and to the queue.
 
-    groups > 1 splits the batch into that many consecutive groups and compares each centre only with the centres
-    of its own group (and the whole queue), as upstream's 4-GPU run does: each GPU's loss sees its quarter of
-    the batch (PL-CFE `cfe/builder.py` forward), and DDP averages the GPUs' gradients, i.e. the loss over groups.
+    The batch is `groups` consecutive groups, and a centre is compared only with the centres of its own group (and
+    the whole queue), as upstream's 4-GPU run does: each GPU's loss sees its quarter of the batch (PL-CFE
+    cfe/builder.py forward) and DDP averages the GPUs' gradients, i.e. the loss over groups. With groups = 1 the
+    group is the whole batch.
     """
     n, c = q.shape
     assert k.shape == (n, c) and queue.shape[1] == c, (q.shape, k.shape, queue.shape)
+    assert groups >= 1 and n % groups == 0, f"batch {n} does not split into {groups} groups"
     mu = (q + k.detach()) / 2  # NxC centre of the two views
     # One matmul against [sg(mu); sg(queue)] gives [L1 | L2]; scaling the NxC side by 1/T rather than the
     # Nx(N+K) logits, and concatenating the small key side rather than the logits, keeps the queue cheap.
     keys = torch.cat([mu.detach(), queue.detach()], dim=0)  # (N+K)xC
     logits = (mu / temperature) @ keys.T  # Nx(N+K); diagonal of the first NxN block = intra-image agreement
-    if groups > 1:
-        assert n % groups == 0, f"batch {n} does not split into {groups} groups"
-        g = torch.arange(n, device=q.device) // (n // groups)  # N: group of each row
-        other = g[:, None] != g[None, :]  # NxN: centres of another group are not compared
-        logits = torch.cat([logits[:, :n].masked_fill(other, float("-inf")), logits[:, n:]], dim=1)
+    group = torch.arange(n, device=q.device) // (n // groups)  # N: group of each row
+    # centres of another group are not compared (none when groups = 1); in place: the matmul's backward does not
+    # read its output
+    logits[:, :n].masked_fill_(group[:, None] != group[None, :], float("-inf"))
     target = torch.arange(n, device=q.device)
     return F.cross_entropy(logits, target)

@@ -1,4 +1,5 @@
-"""The CFE model: a MoCo-style pair of encoders that owns its queue (after facebookresearch/moco `moco/builder.py`)."""
+"""The CFE model: a MoCo pair of encoders that owns its queue (after facebookresearch/moco moco/builder.py), and
+`load_cfe`, which rebuilds one from a cfe checkpoint (docs/design.md, algorithms: CFE)."""
 
 import copy
 
@@ -8,6 +9,8 @@ import torch.nn.functional as F
 
 from cfe.loss import cfe_loss
 from fewshot.backbones import Conv4
+from fewshot.checkpoint import load_checkpoint, load_state
+from fewshot.errors import UserError
 
 
 def make_encoder(in_channels, hidden, image_size, dim, mlp, bn_splits=1):
@@ -20,17 +23,16 @@ def make_encoder(in_channels, hidden, image_size, dim, mlp, bn_splits=1):
 
 
 class CFE(nn.Module):
-    def __init__(self, in_channels=1, hidden=64, image_size=28, dim=64, mlp=True,
-                 queue_size=65536, momentum=0.999, temperature=0.2, bn_splits=1, per_split_loss=False):
+    """f_q (trained), f_k (its moving average) and a queue of past keys.
+
+    bn_splits > 1 emulates upstream's multi-GPU run in one process: BatchNorm statistics per 1/bn_splits of the
+    batch, keys shuffled across the splits, and one loss per split (cfe/loss.py)."""
+
+    def __init__(self, in_channels=1, hidden=64, image_size=28, dim=64, mlp=True, queue_size=16384, momentum=0.999,
+                 temperature=0.2, bn_splits=1):
         super().__init__()
         self.arch = dict(in_channels=in_channels, hidden=hidden, image_size=image_size, dim=dim, mlp=mlp,
-                         queue_size=queue_size, momentum=momentum, temperature=temperature)
-        if bn_splits > 1:  # absent from the arch of one-group models, so their checkpoints stay as they were
-            self.arch["bn_splits"] = bn_splits
-        if per_split_loss:  # likewise absent unless set
-            assert bn_splits > 1, "per_split_loss needs bn_splits > 1"
-            self.arch["per_split_loss"] = True
-        self.loss_groups = bn_splits if per_split_loss else 1
+                         queue_size=queue_size, momentum=momentum, temperature=temperature, bn_splits=bn_splits)
         self.momentum, self.temperature, self.bn_splits = momentum, temperature, bn_splits
         self.encoder_q = make_encoder(in_channels, hidden, image_size, dim, mlp, bn_splits)
         self.encoder_k = copy.deepcopy(self.encoder_q)  # starts equal to f_q, then follows it by EMA
@@ -60,7 +62,7 @@ class CFE(nn.Module):
 
     def forward(self, x1, x2, gen=None):
         """Two views of the same N images -> scalar loss; updates f_k and the queue as side effects.
-        `gen` draws the key shuffle when BatchNorm is split into groups."""
+        `gen` draws the key shuffle when BatchNorm is split."""
         q = self.embed(x1)  # queries: NxC
         with torch.no_grad():
             self.momentum_update()
@@ -70,10 +72,23 @@ class CFE(nn.Module):
                 order = torch.randperm(x2.shape[0], generator=gen, device=x2.device)
                 k = torch.empty_like(q)
                 k[order] = F.normalize(self.encoder_k(x2[order]), dim=1)  # keys: NxC, back in batch order
-            else:
+            else:  # one BatchNorm over the batch: nothing to shuffle across
                 k = F.normalize(self.encoder_k(x2), dim=1)  # keys: NxC
         # enqueue overwrites the queue in place right after; cfe_loss copies it into its key matrix (torch.cat)
         # first, so its backward is unaffected (tests/cfe/test_model.py checks the gradients)
-        loss = cfe_loss(q, k, self.queue, self.temperature, groups=self.loss_groups)
+        loss = cfe_loss(q, k, self.queue, self.temperature, groups=self.bn_splits)
         self.enqueue(k)
         return loss
+
+
+def load_cfe(path, device="cpu") -> CFE:
+    """The trained model of a cfe checkpoint (its `arch`, then a strict weight load), in eval mode, ready to embed.
+    Its `trained_epochs` is the checkpoint's epoch, which cfe.encode records beside its pseudo-labels."""
+    ckpt = load_checkpoint(path, "cfe", required=("arch", "model"))
+    try:
+        model = CFE(**ckpt["arch"])
+    except TypeError as e:  # a hand-made checkpoint, or one of another version of this model
+        raise UserError(f"{path}: cfe checkpoint whose 'arch' does not build a CFE ({e})") from None
+    load_state(model, ckpt["model"], path)
+    model.trained_epochs = ckpt.get("epoch")
+    return model.to(device).eval()

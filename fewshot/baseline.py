@@ -16,7 +16,7 @@ import numpy as np
 
 from fewshot.cli import HelpFormatter, positive_int, seed_int
 from fewshot.data import load_split
-from fewshot.episodes import Task, sample_tasks
+from fewshot.episodes import Task, sample_tasks, tasks_sha256
 from fewshot.errors import cli_main
 from fewshot.io import provenance, save_json
 from fewshot.metrics import CI95_METHOD, format_accuracy, mean_ci95
@@ -64,9 +64,10 @@ def main(argv=None):
         mean, ci = mean_ci95(accs)
         path = out / "results" / result_name(args.split, args.ways, shots)
         save_json(path, {"method": METHOD, "split": args.split, "cache": args.cache, "seed": args.seed,
-                         "tasks": len(tasks), "ways": args.ways, "shots": shots, "queries": args.queries,
-                         "steps": 0, "accuracy": mean, "ci95": ci, "ci95_method": CI95_METHOD,
-                         "seconds": round(time.time() - t0, 1), "per_task_accuracy": accs, **provenance()})
+                         "tasks": len(tasks), "tasks_sha256": tasks_sha256(tasks), "ways": args.ways,
+                         "shots": shots, "queries": args.queries, "steps": 0, "accuracy": mean, "ci95": ci,
+                         "ci95_method": CI95_METHOD, "seconds": round(time.time() - t0, 1),
+                         "per_task_accuracy": accs, **provenance()})
         print(f"{METHOD}: {args.ways}-way {shots}-shot {format_accuracy(mean, ci)} over {len(tasks)} "
               f"{args.split} tasks -> {path}")
 

@@ -77,6 +77,16 @@ def sample_tasks(labels, ways: int, shots: int, queries: int, n: int, seed: int)
     return [sampler.sample(rng) for _ in range(n)]
 
 
+def tasks_sha256(tasks) -> str:
+    """A fingerprint of a task list (rows and labels of every support and query set): results recording the same
+    one were computed on the same tasks, and their per-task accuracies pair."""
+    digest = hashlib.sha256()
+    for t in tasks:
+        for part in (t.support, t.support_y, t.query, t.query_y):
+            digest.update(np.asarray(part, np.int64).tobytes())
+    return digest.hexdigest()
+
+
 def split_fingerprint(labels) -> dict:
     """What row indices of an episodes file refer to: the split's number of rows and a short sha256 of its labels
     (as little-endian int64, so the same labels give the same digest on every machine)."""

@@ -118,7 +118,7 @@ def summarise(root: Path) -> list:
             test_seconds = 0
             for (s, key), r in results.items():
                 if s == split:
-                    row[key] = {k: r.get(k) for k in ("accuracy", "ci95", "tasks", "steps", "seed", "cache")}
+                    row[key] = {k: r.get(k) for k in ("accuracy", "ci95", "tasks", "steps", "tasks_sha256")}
                     row[key]["per_task_accuracy"] = r.get("per_task_accuracy")
                     test_seconds += r.get("seconds") or 0
             row["seconds"]["test"] = round(test_seconds)
@@ -129,16 +129,14 @@ def summarise(root: Path) -> list:
 
 
 def paired_rows(rows) -> list:
-    """(run, baseline run, split, key, difference, ci) for each trained run against the raw-pixel baseline on the
-    same tasks (same cache file name, seed and number of tasks)."""
+    """(run, baseline run, key, difference, ci) for each trained run against the raw-pixel baseline on the same
+    tasks (results recording the same tasks_sha256)."""
     out = []
     for base in (r for r in rows if Path(r["run"]).name == "pixels"):
         for r in (r for r in rows if r is not base and r["split"] == base["split"]):
             for key in ("5w1s", "5w5s"):
                 a, b = r.get(key), base.get(key)
-                same = a and b and all(a[k] == b[k] for k in ("tasks", "seed")) and \
-                    Path(a["cache"]).name == Path(b["cache"]).name and a["per_task_accuracy"] and b["per_task_accuracy"]
-                if same:
+                if a and b and a["tasks_sha256"] and a["tasks_sha256"] == b["tasks_sha256"]:
                     out.append((r, base, key, *paired_difference(a["per_task_accuracy"], b["per_task_accuracy"])))
     return out
 
@@ -171,7 +169,7 @@ def to_markdown(rows) -> str:
     return "\n".join(lines) + "\n"
 
 
-SAME_TASKS = ("split", "ways", "shots", "queries", "tasks", "seed")  # what two results must share to be paired
+SAME_TASKS = ("split", "ways", "shots", "queries", "tasks", "seed", "tasks_sha256")  # shared by paired results
 
 
 def compare(a_path, b_path) -> dict:

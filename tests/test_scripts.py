@@ -53,62 +53,62 @@ def args_of(calls, module):
     return found[0]
 
 
-@pytest.mark.parametrize("env, epochs, bn_splits, crop, split_loss, kmeans, maml_epochs, test_steps", [
-    ({"PRESET": "quick"}, "75", "1", "clamped", False, ("0", "1"), "30", "10"),
-    ({"PRESET": "paper"}, "200", "4", "torchvision", True, ("0", "1"), "20", "50"),
-    ({"PRESET": "paper-plus"}, "200", "4", "torchvision", True, ("5", "10"), "40", "50"),
-    # no splits, no per-split loss
-    ({"PRESET": "paper", "CFE_BN_SPLITS": "1"}, "200", "1", "torchvision", False, ("0", "1"), "20", "50"),
-    ({"PRESET": "paper", "CFE_PER_SPLIT_LOSS": "0", "CFE_CROP": "clamped"}, "200", "4", "clamped", False, ("0", "1"),
-     "20", "50"),
-    ({"PRESET": "quick", "CFE_BN_SPLITS": "4", "CFE_PER_SPLIT_LOSS": "1"}, "75", "4", "clamped", True, ("0", "1"), "30",
-     "10"),
-    ({"PRESET": "paper-plus", "KNN_SMOOTH": "0", "PARTITIONS": "3", "MAML_EPOCHS": "30"}, "200", "4", "torchvision",
-     True, ("0", "3"), "30", "50"),
-])
-def test_presets_pass_their_settings_to_the_stages(tmp_path, env, epochs, bn_splits, crop, split_loss, kmeans,
-                                                   maml_epochs, test_steps):
-    rc, err, calls = run_script(tmp_path, **env)
+PIPELINE = ["cfe.train", "cfe.encode", "maml.train", "maml.test 1", "maml.test 5", "fewshot.baseline",
+            "fewshot.report"]
+
+
+@pytest.mark.parametrize("preset, cfe_epochs, maml_epochs, test_steps", [("quick", "50", "20", "10"),
+                                                                         ("paper", "200", "20", "50")])
+def test_presets_set_the_budgets_and_leave_every_other_setting_to_the_stages(tmp_path, preset, cfe_epochs,
+                                                                             maml_epochs, test_steps):
+    rc, err, calls = run_script(tmp_path, PRESET=preset)
     assert rc == 0, err
-    assert stages(calls) == ["cfe.train", "cfe.encode", "maml.train", "maml.test 1", "maml.test 5", "fewshot.report"]
-    cfe = args_of(calls, "cfe.train")
-    assert (option(cfe, "--epochs"), option(cfe, "--bn-splits"), option(cfe, "--crop")) == (epochs, bn_splits, crop)
-    assert ("--per-split-loss" in cfe) == split_loss
+    assert stages(calls) == PIPELINE
+    run = str(tmp_path / "run")
+    assert args_of(calls, "cfe.train") == ["--data", f"{tmp_path}/data/omniglot_cache_train.npz", "--out", f"{run}/cfe",
+                                           "--epochs", cfe_epochs, "--seed", "0", "--device", "auto", "--threads",
+                                           "0", "--resume"]
     encode = args_of(calls, "cfe.encode")
-    assert (option(encode, "--knn-smooth"), option(encode, "--partitions")) == kmeans
-    assert option(args_of(calls, "maml.train"), "--epochs") == maml_epochs
-    assert [option(a, "--steps") for m, a in calls if m == "maml.test"] == [test_steps, test_steps]
-    assert option(args_of(calls, "maml.train"), "--save-every") == "10"
+    assert option(encode, "--checkpoint") == f"{run}/cfe/checkpoints/last.pt" and option(encode, "--clusters") == "500"
+    train = args_of(calls, "maml.train")
+    assert option(train, "--caches") == f"{run}/caches" and option(train, "--epochs") == maml_epochs
+    assert "--no-pem" not in train and option(train, "--out") == f"{run}/maml-pem"
+    for module, args in calls:
+        if module == "maml.test":
+            assert option(args, "--steps") == test_steps and option(args, "--split") == "test"
+            assert "--seed" not in args  # the test tasks are seed 0's, whatever the training seed
+    baseline = args_of(calls, "fewshot.baseline")
+    assert option(baseline, "--cache") == f"{tmp_path}/data/omniglot_cache_test.npz"
+    assert baseline[baseline.index("--shots") + 1:] == ["1", "5"]
 
 
-def test_paper_plus_is_the_paper_preset_with_the_recorded_options(tmp_path):
-    """RESULTS.md records paper-plus seeds 0-2 as PRESET=paper with KNN_SMOOTH=5 PARTITIONS=10 and a MAML budget
-    (made before the preset existed); the preset must hand every stage exactly those arguments."""
-    runs = {}
-    for name, env in (("plus", {"PRESET": "paper-plus"}),
-                      ("paper", {"PRESET": "paper", "KNN_SMOOTH": "5", "PARTITIONS": "10", "MAML_EPOCHS": "40"})):
-        (tmp_path / name).mkdir()
-        rc, err, calls = run_script(tmp_path / name, **env, RUN_DIR=str(tmp_path / "run"))
-        assert rc == 0, err
-        runs[name] = [(m, [a.replace(str(tmp_path / name), "") for a in args]) for m, args in calls]  # data dir
-    assert runs["plus"] == runs["paper"]
+def test_variables_reach_the_stages(tmp_path):
+    rc, err, calls = run_script(tmp_path, SEED="3", CLUSTERS="250", PEM="0", SPLIT="val", CFE_EPOCHS="7",
+                                MAML_ARGS="--first-order --meta-batch 4", ENCODE_ARGS="--partitions 2")
+    assert rc == 0, err
+    train = args_of(calls, "maml.train")
+    assert "--no-pem" in train and option(train, "--out").endswith("/run/maml-nopem") and option(train, "--seed") == "3"
+    assert "--first-order" in train and option(train, "--meta-batch") == "4"
+    encode = args_of(calls, "cfe.encode")
+    assert option(encode, "--clusters") == "250" and option(encode, "--partitions") == "2"
+    assert option(args_of(calls, "cfe.train"), "--epochs") == "7"
+    assert all(option(a, "--split") == "val" for m, a in calls if m in ("maml.test", "fewshot.baseline"))
+    assert option(args_of(calls, "fewshot.baseline"), "--cache").endswith("/data/omniglot_cache_val.npz")
 
 
-@pytest.mark.parametrize("shots, tests", [("5", ["maml.test 5"]), ("", []), ("5 1", ["maml.test 5", "maml.test 1"])])
+@pytest.mark.parametrize("shots, tests", [("5", ["maml.test 5", "fewshot.baseline", "fewshot.report"]), ("", []),
+                                          ("5 1", ["maml.test 5", "maml.test 1", "fewshot.baseline",
+                                                   "fewshot.report"])])
 def test_test_shots_chooses_the_meta_tests(tmp_path, shots, tests):
     rc, err, calls = run_script(tmp_path, TEST_SHOTS=shots)
     assert rc == 0, err
-    assert stages(calls) == ["cfe.train", "cfe.encode", "maml.train", *tests, "fewshot.report"]
+    assert stages(calls) == ["cfe.train", "cfe.encode", "maml.train", *tests]
+
 
 @pytest.mark.parametrize("env, message", [
-    ({"PRESET": "fast"}, "PRESET must be quick, paper or paper-plus"),
-    ({"CFE_PER_SPLIT_LOSS": "yes"}, "CFE_PER_SPLIT_LOSS must be 0 or 1"),
-    ({"CFE_CROP": "pil"}, "CFE_CROP must be clamped or torchvision"),
+    ({"PRESET": "fast"}, "PRESET must be one of: paper quick"),
     ({"PEM": "on"}, "PEM must be 0 or 1"),
-    ({"META_LR_SCHEDULE": "step"}, "META_LR_SCHEDULE must be constant or cosine"),
-    ({"KNN_SMOOTH": "-5"}, "KNN_SMOOTH must be a whole number"),
-    ({"PARTITIONS": "0"}, "PARTITIONS must be a whole number >= 1"),
-    ({"PARTITIONS": "2.5"}, "PARTITIONS must be a whole number >= 1"),
+    ({"SPLIT": "train"}, "SPLIT must be test or val"),
 ])
 def test_bad_variables_give_one_line_and_run_nothing(tmp_path, env, message):
     rc, err, calls = run_script(tmp_path, **env)
@@ -116,81 +116,33 @@ def test_bad_variables_give_one_line_and_run_nothing(tmp_path, env, message):
     assert err.strip().splitlines() == [err.strip()] and message in err
 
 
-def test_script_passes_the_meta_lr_schedule_and_keeps_upstreams_constant_rate_by_default(tmp_path):
-    for name, env in (("default", {}), ("cosine", {"META_LR_SCHEDULE": "cosine"})):
-        (tmp_path / name).mkdir()
-        rc, err, calls = run_script(tmp_path / name, **env)
-        assert rc == 0, err
-        assert option(args_of(calls, "maml.train"), "--meta-lr-schedule") == env.get("META_LR_SCHEDULE", "constant")
+def test_a_failing_stage_stops_the_script(tmp_path):
+    rc, err, calls = run_script(tmp_path, STUB_FAIL="cfe.encode")
+    assert rc != 0 and stages(calls) == ["cfe.train", "cfe.encode"]
 
 
-def test_script_accepts_every_crop_mode_the_trainer_offers(tmp_path):
-    from cfe.augment import CROP_MODES  # the script spells the list out; this keeps the two in step
-    for mode in CROP_MODES:
-        (tmp_path / mode).mkdir()
-        rc, err, calls = run_script(tmp_path / mode, CFE_CROP=mode)
-        assert rc == 0, err
-        assert option(args_of(calls, "cfe.train"), "--crop") == mode
-
-
-def test_finished_stages_are_skipped_until_what_they_were_made_from_changes(tmp_path):
+def test_finished_tests_are_skipped_until_the_model_changes(tmp_path):
+    """The stages resume or skip by themselves (--resume); the script skips a meta-test whose result is newer than
+    the model it tested."""
     from fewshot.report import result_name  # the script spells the test results' names out; this keeps them in step
-    run = tmp_path / "run"
-    env = {"CFE_EPOCHS": "90"}  # set here, so that the preset's CFE budget may change without touching this test
-    files = {"ckpt": run / "cfe" / "checkpoints" / "epoch_0090.pt", "encoded": run / "caches" / "encode.json",
-             "cache": run / "caches" / "omniglot_64_K_500_train.npz",
-             "best": run / "maml-pem" / "checkpoints" / "best.pt",
-             "test1": run / "maml-pem" / "results" / result_name(5, 1),
-             "test5": run / "maml-pem" / "results" / result_name(5, 5)}
+    results = tmp_path / "run" / "maml-pem" / "results"
+    files = {"best": tmp_path / "run" / "maml-pem" / "checkpoints" / "best.pt",
+             "test1": results / result_name("test", 5, 1), "test5": results / result_name("test", 5, 5)}
     for t, path in enumerate(files.values()):  # made in this order, one second apart
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch()
         os.utime(path, (1000 + t, 1000 + t))
-    rc, err, calls = run_script(tmp_path, **env)
+    rc, err, calls = run_script(tmp_path)
     assert rc == 0, err
-    assert stages(calls) == ["maml.train", "fewshot.report"]  # MAML always runs: --resume stops at once when done
+    assert stages(calls) == ["cfe.train", "cfe.encode", "maml.train", "fewshot.baseline", "fewshot.report"]
     os.utime(files["best"], (2000, 2000))  # MAML trained further and found a better epoch: both results are stale
-    rc, err, calls = run_script(tmp_path, **env)
-    assert rc == 0, err
-    assert stages(calls) == ["maml.train", "maml.test 1", "maml.test 5", "fewshot.report"]
+    rc, err, calls = run_script(tmp_path)
+    assert stages(calls) == PIPELINE
     os.utime(files["test1"], (2500, 2500))  # the 1-shot test finished after it, the 5-shot one was interrupted
-    rc, err, calls = run_script(tmp_path, **env)
-    assert rc == 0, err
-    assert stages(calls) == ["maml.train", "maml.test 5", "fewshot.report"]
-    os.utime(files["ckpt"], (3000, 3000))  # a new CFE checkpoint: its caches are encoded again
-    rc, err, calls = run_script(tmp_path, **env)
-    assert rc == 0, err
-    assert stages(calls) == ["cfe.encode", "maml.train", "maml.test 5", "fewshot.report"]
-
-
-def test_caches_are_encoded_again_when_knn_smooth_or_partitions_change(tmp_path):
-    caches = tmp_path / "run" / "caches"
-    ckpt = tmp_path / "run" / "cfe" / "checkpoints" / "epoch_0090.pt"
-    for t, path in enumerate((ckpt, caches / "omniglot_64_K_500_train.npz", caches / "encode.json")):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
-        os.utime(path, (1000 + t, 1000 + t))
-    (caches / "config.json").write_text('{\n  "k": 500\n}')  # caches from before the option: made without it
-    for knn, encoded in (("", False), ("0", False), ("5", True)):  # empty: the default
-        rc, err, calls = run_script(tmp_path, CFE_EPOCHS="90", KNN_SMOOTH=knn)
-        assert rc == 0, err
-        assert ("cfe.encode" in stages(calls)) == encoded, knn
-    assert option(args_of(calls, "cfe.encode"), "--knn-smooth") == "5"
-    (caches / "config.json").write_text('{\n  "k": 500,\n  "knn_smooth": 5\n}')
-    for knn, encoded in (("5", False), ("0", True), ("50", True)):
-        rc, err, calls = run_script(tmp_path, CFE_EPOCHS="90", KNN_SMOOTH=knn)
-        assert rc == 0, err
-        assert ("cfe.encode" in stages(calls)) == encoded, knn
-    for parts, encoded in (("", False), ("1", False), ("10", True)):  # before the option: one partition
-        rc, err, calls = run_script(tmp_path, CFE_EPOCHS="90", KNN_SMOOTH="5", PARTITIONS=parts)
-        assert rc == 0, err
-        assert ("cfe.encode" in stages(calls)) == encoded, parts
-    assert option(args_of(calls, "cfe.encode"), "--partitions") == "10"
-    (caches / "config.json").write_text('{\n  "k": 500,\n  "knn_smooth": 5,\n  "partitions": 10\n}')
-    for parts, encoded in (("10", False), ("1", True)):
-        rc, err, calls = run_script(tmp_path, CFE_EPOCHS="90", KNN_SMOOTH="5", PARTITIONS=parts)
-        assert rc == 0, err
-        assert ("cfe.encode" in stages(calls)) == encoded, parts
+    rc, err, calls = run_script(tmp_path)
+    assert "maml.test 1" not in stages(calls) and "maml.test 5" in stages(calls)
+    rc, err, calls = run_script(tmp_path, SPLIT="val")  # val results are other files
+    assert "maml.test 1" in stages(calls) and "maml.test 5" in stages(calls)
 
 
 def test_failed_data_preparation_leaves_no_run_folder(tmp_path):
@@ -199,7 +151,7 @@ def test_failed_data_preparation_leaves_no_run_folder(tmp_path):
     assert not (tmp_path / "run").exists()
     rc, err, calls = run_script(tmp_path, prepared=False)
     assert rc == 0, err
-    assert stages(calls)[:2] == ["fewshot.datasets", "cfe.train"] and (tmp_path / "run").is_dir()
+    assert stages(calls) == ["fewshot.datasets", *PIPELINE] and (tmp_path / "run").is_dir()
 
 
 @pytest.mark.parametrize("source", ["omniglot.tar.xz", "sub/../omniglot.tar.xz"])

@@ -1,5 +1,5 @@
-"""cfe.encode: the cache contract of DESIGN.md §3, small-cluster repetition, k-means on every point, and
-validation before anything is written."""
+"""cfe.encode: the cache contract (docs/design.md, cache contract: the files and encode.json naming them),
+small-cluster repetition, k-means on every point, and validation before anything is written."""
 
 import hashlib
 import json
@@ -12,7 +12,7 @@ import torch
 
 from cfe import encode
 from cfe.encode import embed, kmeans, knn_smooth, repeat_small_clusters
-from cfe.train import load_cfe
+from cfe.model import load_cfe
 from fewshot.data import (
     load_array,
     load_cluster_partition,
@@ -29,13 +29,13 @@ from tests.conftest import ENCODE_K, ENCODE_MIN, file_bytes, files_under
 def encode_argv(checkpoint, data_dir, dataset, out):
     """The arguments the `encoded` fixture runs cfe.encode with, writing to `out`."""
     return ["--checkpoint", str(checkpoint), "--data-dir", str(data_dir), "--dataset", dataset, "--out", str(out),
-            "--k", str(ENCODE_K), "--niter", "10", "--min-cluster-size", str(ENCODE_MIN), "--device", "cpu",
+            "--clusters", str(ENCODE_K), "--niter", "10", "--min-cluster-size", str(ENCODE_MIN), "--device", "cpu",
             "--threads", "1"]
 
 
 def test_files_follow_the_cache_contract(encoded):
     names = sorted(os.listdir(encoded.out))  # os.listdir shows hidden temporary files too
-    stem = f"{encoded.dataset}_{encoded.dim}_K_{encoded.k}"
+    stem = f"{encoded.dataset}_{encoded.dim}_K_{encoded.clusters}"
     assert names == sorted(["config.json", "encode.json", "invocations.jsonl"] + [f"{stem}_{s}.npz" for s in
                                                               ("train", "val", "test", "train_clusters", "train_emb")])
     assert not [n for n in names if n.endswith(".tmp") or n.startswith(".")]
@@ -46,8 +46,21 @@ def test_files_follow_the_cache_contract(encoded):
             assert npz["Y"].dtype == np.int64 and npz["cluster_label"].dtype == np.int64
     centres = load_array(encoded.path["train_clusters"], "cluster_centers")
     Z = load_array(encoded.path["train_emb"], "Z")
-    assert centres.shape == (encoded.k, encoded.dim) and Z.shape == (800, encoded.dim)
+    assert centres.shape == (encoded.clusters, encoded.dim) and Z.shape == (800, encoded.dim)
     np.testing.assert_allclose(np.linalg.norm(Z, axis=1), 1, atol=1e-5)
+
+
+def test_encode_json_names_the_caches_and_what_the_next_stage_needs(encoded):
+    """The next stage reads the files, dim and K from encode.json; it never parses a file name."""
+    report = load_json(encoded.out / "encode.json")
+    assert report["dataset"] == encoded.dataset and report["dim"] == encoded.dim
+    assert report["clusters"] == encoded.clusters and report["clusters_used"] == encoded.clusters
+    assert report["caches"] == {s: path.name for s, path in encoded.path.items()}  # relative to the folder
+    assert all((encoded.out / name).is_file() for name in report["caches"].values())
+    assert {"checkpoint", "checkpoint_epoch", "checkpoint_sha256", "niter", "knn_smooth", "partitions", "seed",
+            "min_cluster_size", "train_images", "train_rows", "repeated_rows", "seconds", "pseudo_label_quality",
+            "git_commit", "versions"} <= set(report)
+    assert "k" not in report and "k" not in load_json(encoded.out / "config.json")
 
 
 def test_train_cache_rows_are_prepared_rows_with_their_pseudo_labels(encoded, prepared):
@@ -57,7 +70,7 @@ def test_train_cache_rows_are_prepared_rows_with_their_pseudo_labels(encoded, pr
     assert np.array_equal(np.unique(split.index), np.arange(len(X)))  # every image is in the cache
     emb_labels = load_array(encoded.path["train_emb"], "cluster_label")
     assert np.array_equal(split.cluster_label, emb_labels[split.index])
-    assert set(np.unique(split.cluster_label)) == set(range(encoded.k))
+    assert set(np.unique(split.cluster_label)) == set(range(encoded.clusters))
     X2, pseudo, index = load_pseudo_labels(encoded.path["train"])  # what the meta-learners read
     assert np.array_equal(pseudo, split.cluster_label) and np.array_equal(index, split.index)
 
@@ -80,12 +93,12 @@ def test_val_and_test_keep_their_true_labels(encoded, prepared):
         assert np.array_equal(split.cluster_label, split.Y)
         assert np.array_equal(split.X, prepared.X[s]) and np.array_equal(split.Y, prepared.Y[s])
         assert np.array_equal(split.index, np.arange(len(split.Y)))
-        assert split.meta["k"] == encoded.k
+        assert split.meta["clusters"] == encoded.clusters
 
 
 def test_report_has_pseudo_label_quality(encoded):
     q = load_json(encoded.out / "encode.json")["pseudo_label_quality"]
-    assert set(q) == {"ari", "nmi", "purity", "clusters"} and q["clusters"] == encoded.k
+    assert set(q) == {"ari", "nmi", "purity", "clusters"} and q["clusters"] == encoded.clusters
     assert 0 <= q["nmi"] <= 1 and 0 < q["purity"] <= 1
 
 
@@ -156,7 +169,7 @@ def test_an_interrupted_run_writes_no_encode_json_and_resumes_to_the_same_caches
     with pytest.raises(KeyboardInterrupt):
         encode.main(argv)
     monkeypatch.undo()
-    stem = f"{encoded.dataset}_{encoded.dim}_K_{encoded.k}"
+    stem = f"{encoded.dataset}_{encoded.dim}_K_{encoded.clusters}"
     assert written == [f"{stem}_train.npz", f"{stem}_val.npz"]
     # what was written before stays; no encode.json, no temporary file (os.listdir shows hidden files too)
     kept = [f"{stem}_{s}.npz" for s in ("train", "train_clusters", "train_emb")]
@@ -165,6 +178,28 @@ def test_an_interrupted_run_writes_no_encode_json_and_resumes_to_the_same_caches
     assert sorted(os.listdir(out)) == sorted(os.listdir(encoded.out))
     assert_same_caches(out, encoded.out)
     assert [row["resumed"] for row in read_jsonl(out / "invocations.jsonl")] == [False, True]
+
+
+def test_resume_does_nothing_when_done_and_encodes_again_after_the_checkpoint_changed(prepared, cfe_checkpoint,
+                                                                                     tmp_path, run_main):
+    """The scripts call cfe.encode --resume on every run: finished caches of the checkpoint's current contents
+    are kept as they are; a checkpoint rewritten in place (last.pt after more training) is encoded again."""
+    ckpt = tmp_path / "last.pt"
+    ckpt.write_bytes(cfe_checkpoint.read_bytes())
+    out = tmp_path / "caches"
+    argv = encode_argv(ckpt, prepared.root, prepared.name, out) + ["--resume"]
+    assert run_main("cfe.encode", argv).code == 0
+    caches = {p.name: p.read_bytes() for p in out.glob("*.npz")} | {"encode.json": (out / "encode.json").read_bytes()}
+    r = run_main("cfe.encode", argv)
+    assert r.code == 0 and "nothing to do" in r.out
+    assert {p.name: p.read_bytes() for p in out.glob("*.npz")} | {"encode.json": (out / "encode.json").read_bytes()} \
+        == caches
+    state = torch.load(ckpt, weights_only=True)
+    state["model"] = {k: v + 1 if v.is_floating_point() else v for k, v in state["model"].items()}
+    torch.save(state, ckpt)
+    r = run_main("cfe.encode", argv)
+    assert r.code == 0 and "nothing to do" not in r.out
+    assert load_json(out / "encode.json")["checkpoint_sha256"] != json.loads(caches["encode.json"])["checkpoint_sha256"]
 
 
 def test_resume_with_another_k_or_checkpoint_is_refused_and_changes_nothing(prepared, cfe_checkpoint, tmp_path,
@@ -177,7 +212,7 @@ def test_resume_with_another_k_or_checkpoint_is_refused_and_changes_nothing(prep
     before = file_bytes(out)
     other = tmp_path / "other.pt"  # the same weights under another name: the setting compared is the path
     other.write_bytes(cfe_checkpoint.read_bytes())
-    for option, value in (("--k", "5"), ("--checkpoint", str(other))):
+    for option, value in (("--clusters", "5"), ("--checkpoint", str(other))):
         changed = list(argv)
         changed[changed.index(option) + 1] = value
         r = run_main("cfe.encode", changed)
@@ -186,11 +221,6 @@ def test_resume_with_another_k_or_checkpoint_is_refused_and_changes_nothing(prep
         assert file_bytes(out) == before, option
     r = run_main("cfe.encode", argv + ["--knn-smooth", "2"])
     assert r.code == 2 and r.err.endswith(": knn_smooth\n") and file_bytes(out) == before
-    # a caches folder written before --knn-smooth existed resumes with the option's default (off)
-    config = load_json(out / "config.json")
-    del config["knn_smooth"]
-    (out / "config.json").write_text(json.dumps(config))
-    assert run_main("cfe.encode", argv).code == 0
 
 
 def test_missing_val_and_test_are_optional(prepared, cfe_checkpoint, tmp_path):
@@ -198,10 +228,12 @@ def test_missing_val_and_test_are_optional(prepared, cfe_checkpoint, tmp_path):
     write_split(prepared_path(data, "onlytrain", "train"), prepared.X["train"][:200], prepared.Y["train"][:200])
     out = tmp_path / "out"
     encode.main(["--checkpoint", str(cfe_checkpoint), "--data-dir", str(data), "--dataset", "onlytrain",
-                 "--out", str(out), "--k", "4", "--niter", "5", "--min-cluster-size", "5", "--threads", "1",
+                 "--out", str(out), "--clusters", "4", "--niter", "5", "--min-cluster-size", "5", "--threads", "1",
                  "--device", "cpu"])
     assert sorted(p.name for p in out.glob("*.npz")) == [f"onlytrain_16_K_4_{s}.npz" for s in
                                                          ("train", "train_clusters", "train_emb")]
+    caches = load_json(out / "encode.json")["caches"]
+    assert caches == {s: f"onlytrain_16_K_4_{s}.npz" for s in ("train", "train_clusters", "train_emb")}
 
 
 def test_repeat_small_clusters_by_hand():
@@ -293,7 +325,8 @@ def test_partitions_are_k_means_runs_with_successive_seeds_side_by_side(encoded,
     part = load_array(tmp_path / "three" / f"{stem}_train.npz", "partition")
     assert sorted(set(part.tolist())) == [0, 1, 2] and np.all(np.diff(part) >= 0)
     centres = load_array(tmp_path / "three" / f"{stem}_train_clusters.npz", "cluster_centers")
-    assert three.meta["partitions"] == 3 and three.meta["clusters"] == len(centres) == three.cluster_label.max() + 1
+    assert three.meta["partitions"] == 3 and three.meta["clusters"] == ENCODE_K
+    assert three.meta["clusters_used"] == len(centres) == three.cluster_label.max() + 1
     of_cluster = load_cluster_partition(tmp_path / "three" / f"{stem}_train.npz", three.cluster_label)
     assert np.array_equal(of_cluster[three.cluster_label], part)
     offset = 0
@@ -359,5 +392,5 @@ def test_bad_train_labels_and_shared_classes_are_refused_before_anything_is_writ
         write_split(train, prepared.X["train"], Y)
     with pytest.raises(UserError, match=message):
         encode.main(["--checkpoint", str(cfe_checkpoint), "--data-dir", str(data), "--dataset", prepared.name,
-                     "--out", str(out), "--k", "4", "--niter", "5", "--device", "cpu", "--threads", "1"])
+                     "--out", str(out), "--clusters", "4", "--niter", "5", "--device", "cpu", "--threads", "1"])
     assert not out.exists()

@@ -1,5 +1,5 @@
-"""cfe.loss.cfe_loss against hand-computed numbers (DESIGN.md §4): logits mu_n . sg([mu; queue]) / T, target n,
-gradient only through the first factor mu and only through q."""
+"""cfe.loss.cfe_loss against hand-computed numbers (docs/design.md, algorithms: CFE): logits mu_n . sg([mu; queue])
+/ T, target n, gradient only through the first factor mu and only through q; one group is the whole batch."""
 
 import numpy as np
 import pytest
@@ -67,14 +67,14 @@ def test_gradient_is_the_stop_gradient_one_not_the_one_through_both_factors():
 
 
 @pytest.mark.parametrize("n,c,k,t", [(5, 3, 7, 0.2), (1, 4, 2, 1.0), (8, 16, 32, 0.07)])
-def test_matches_numpy_reference_on_random_inputs(n, c, k, t):
+def test_one_group_is_the_whole_batch_loss_of_the_numpy_reference(n, c, k, t):
     g = torch.Generator().manual_seed(n * 100 + k)
     q = torch.nn.functional.normalize(torch.randn(n, c, generator=g, dtype=torch.float64), dim=1)
     key = torch.nn.functional.normalize(torch.randn(n, c, generator=g, dtype=torch.float64), dim=1)
     queue = torch.nn.functional.normalize(torch.randn(k, c, generator=g, dtype=torch.float64), dim=1)
     want_loss, want_grad = _reference(q.numpy(), key.numpy(), queue.numpy(), t)
     q.requires_grad_()
-    loss = cfe_loss(q, key, queue, t)
+    loss = cfe_loss(q, key, queue, t, groups=1)
     loss.backward()
     assert loss.item() == pytest.approx(want_loss, rel=1e-10)
     np.testing.assert_allclose(q.grad.numpy(), want_grad, rtol=1e-8, atol=1e-12)
@@ -94,6 +94,8 @@ def test_shape_mismatch_is_refused():
         cfe_loss(torch.zeros(2, 3), torch.zeros(3, 3), torch.zeros(4, 3), 0.2)
     with pytest.raises(AssertionError):
         cfe_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(4, 5), 0.2)
+    with pytest.raises(AssertionError, match="does not split into 3 groups"):
+        cfe_loss(torch.zeros(4, 3), torch.zeros(4, 3), torch.zeros(4, 3), 0.2, groups=3)
 
 
 def test_groups_compare_each_centre_only_within_its_group():

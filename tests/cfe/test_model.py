@@ -1,5 +1,5 @@
-"""cfe.model.CFE: the queue (enqueue, wrap-around, pointer), the key encoder's momentum update and the forward
-pass (the key encoder never receives a gradient)."""
+"""cfe.model: CFE's queue (enqueue, wrap-around, pointer), the key encoder's momentum update, the forward pass (the
+key encoder never receives a gradient; with split BatchNorm, shuffled keys and one loss per split), and load_cfe."""
 
 import copy
 
@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from cfe.loss import cfe_loss
-from cfe.model import CFE
+from cfe.model import CFE, load_cfe
+from fewshot.checkpoint import save_checkpoint
+from fewshot.errors import UserError
 
 
 def tiny(queue_size=16, momentum=0.9, seed=0):
@@ -119,7 +121,7 @@ def test_embed_is_unit_norm_with_the_head():
 def test_split_batchnorm_shuffles_the_keys_and_returns_them_in_batch_order():
     torch.manual_seed(0)
     model = CFE(in_channels=1, hidden=4, image_size=28, dim=8, queue_size=16, momentum=0.0, bn_splits=2)
-    assert model.arch["bn_splits"] == 2 and "bn_splits" not in tiny().arch  # old checkpoints' arch unchanged
+    assert model.arch["bn_splits"] == 2 and tiny().arch["bn_splits"] == 1
     reference = copy.deepcopy(model)
     x1, x2 = torch.rand(8, 1, 28, 28), torch.rand(8, 1, 28, 28)
     model(x1, x2, torch.Generator().manual_seed(3))
@@ -132,3 +134,43 @@ def test_split_batchnorm_shuffles_the_keys_and_returns_them_in_batch_order():
         unshuffled = F.normalize(copy.deepcopy(reference).encoder_k(x2), dim=1)
     torch.testing.assert_close(model.queue[:8], expected)
     assert not torch.allclose(model.queue[:8], unshuffled, atol=1e-4)  # other groups, other statistics
+
+
+@pytest.mark.parametrize("splits", [1, 2])
+def test_forward_computes_one_loss_per_batchnorm_split(splits):
+    """bn_splits = S: the loss is the mean of the S splits' losses, each split's centres compared among themselves
+    and with the whole queue (upstream's per-GPU loss); with S = 1, the loss over the whole batch."""
+    torch.manual_seed(0)
+    model = CFE(in_channels=1, hidden=4, image_size=28, dim=8, queue_size=16, momentum=0.0, bn_splits=splits).train()
+    reference = copy.deepcopy(model)
+    old_queue = model.queue.clone()
+    x1, x2 = torch.rand(8, 1, 28, 28), torch.rand(8, 1, 28, 28)
+    loss = model(x1, x2, torch.Generator().manual_seed(3))
+    k = model.queue[:8]  # the keys, in batch order
+    q = reference.embed(x1)
+    per_split = [cfe_loss(q[i:i + 8 // splits], k[i:i + 8 // splits], old_queue, 0.2) for i in range(0, 8, 8 // splits)]
+    torch.testing.assert_close(loss, torch.stack(per_split).mean())
+    if splits == 1:
+        torch.testing.assert_close(loss, cfe_loss(q, k, old_queue, 0.2, groups=1))
+    else:
+        assert not torch.allclose(loss, cfe_loss(q, k, old_queue, 0.2))  # not the whole-batch loss
+
+
+def test_load_cfe_rebuilds_the_model_in_eval_mode(cfe_checkpoint):
+    model = load_cfe(cfe_checkpoint)
+    assert not model.training and model.trained_epochs == 1 and model.bn_splits == 1
+    saved = torch.load(cfe_checkpoint, weights_only=True)["model"]
+    assert all(torch.equal(value, saved[name]) for name, value in model.state_dict().items())
+
+
+@pytest.mark.parametrize("entries, message", [
+    ({"model": {}}, "cfe checkpoint without 'arch'"),
+    ({"arch": {"hidden": 4, "colour": True}, "model": {}}, "'arch' does not build a CFE .*colour"),
+    ({"arch": {"hidden": 4}, "model": {}}, "weights do not fit this model"),
+])
+def test_load_cfe_refuses_a_checkpoint_it_cannot_build_in_one_line(tmp_path, entries, message):
+    path = tmp_path / "bad.pt"
+    save_checkpoint(path, "cfe", **entries)
+    with pytest.raises(UserError, match=message) as caught:
+        load_cfe(path)
+    assert "\n" not in str(caught.value)

@@ -106,18 +106,20 @@ def test_val_and_test_results_are_separate_rows(tmp_path):
 
 def test_the_pixel_baseline_gives_a_paired_difference_on_the_same_tasks(tmp_path):
     make_pipeline(tmp_path)
-    common = {"ways": 5, "shots": 1, "ci95": 0.1, "tasks": 4, "steps": 0, "seed": 0, "cache": "/a/x_test.npz"}
+    common = {"ways": 5, "shots": 1, "ci95": 0.1, "tasks": 4, "steps": 0, "seed": 0, "tasks_sha256": "ab12"}
     save_json(tmp_path / "pixels" / "config.json", {"method": "raw pixels"})
     save_json(tmp_path / "pixels" / "results" / "test_5w1s.json", {**common, "accuracy": 0.5,
               "per_task_accuracy": [0.4, 0.6, 0.4, 0.6]})
     save_json(tmp_path / "maml-pem" / "results" / "test_5w1s.json", {**common, "accuracy": 0.7, "steps": 10,
               "cache": "/b/x_test.npz", "per_task_accuracy": [0.6, 0.8, 0.6, 0.8]})
+    save_json(tmp_path / "maml-nopem" / "results" / "test_5w1s.json", {**common, "accuracy": 0.7, "steps": 10,
+              "tasks_sha256": "cd34", "per_task_accuracy": [0.6, 0.8, 0.6, 0.8]})
     rows = summarise(tmp_path)
     pixels = next(r for r in rows if r["method"] == "raw pixels")
     assert pixels["ari"] is None and pixels["seconds"]["cfe"] is None and pixels["maml_epochs"] is None
     table = to_markdown(rows)
     assert "- maml-pem - pixels, test 5-way 1-shot: +20.00 ± 0.00 points" in table
-    assert "maml-nopem - pixels" not in table  # other tasks (no per-task accuracies): no paired difference
+    assert "maml-nopem - pixels" not in table  # other tasks: no paired difference
 
 
 def test_compare_gives_the_paired_difference_of_two_results_on_the_same_tasks(tmp_path, capsys):

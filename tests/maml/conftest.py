@@ -1,5 +1,5 @@
-"""Shared by the maml.test tests: a tiny trained MAML run with a test cache beside its train cache, and helpers
-to test it and read its results."""
+"""Shared by the maml tests: encode.json for toy caches, a tiny trained MAML run whose caches (train, clusters,
+test) an encode.json names, and helpers to test it and read its results."""
 
 import json
 import shutil
@@ -9,16 +9,23 @@ import numpy as np
 import pytest
 
 from fewshot.data import write_split
-from fewshot.io import save_npz
+from fewshot.io import save_json, save_npz
 from maml import test as maml_test
 from maml import train as maml_train
 
 SIDE, N_TEST_CLASSES = 16, 8
 
 
+def write_encode_json(folder: Path, **files) -> Path:
+    """folder/encode.json as cfe.encode writes it, naming the caches `files` (split: file name in folder)."""
+    save_json(Path(folder) / "encode.json", {"caches": files, "dataset": "toy", "dim": 64, "k": 10})
+    return Path(folder)
+
+
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A tiny trained MAML run whose config points at toy_64_K_10_train.npz (test cache beside it)."""
+    """A tiny trained MAML run (no val split) of the caches toy_64_K_10_{train,train_clusters,test}.npz, which the
+    folder's encode.json names."""
     root = tmp_path_factory.mktemp("toy")
     rng = np.random.default_rng(0)
 
@@ -32,14 +39,16 @@ def run_dir(tmp_path_factory):
     save_npz(root / "toy_64_K_10_train_clusters.npz", cluster_centers=rng.normal(size=(10, 4)).astype(np.float32))
     xt, yt = images(N_TEST_CLASSES, 8)
     write_split(root / "toy_64_K_10_test.npz", xt, yt + 500, cluster_label=yt + 500)
+    write_encode_json(root, train="toy_64_K_10_train.npz", train_clusters="toy_64_K_10_train_clusters.npz",
+                      test="toy_64_K_10_test.npz")
     out = root / "run"
-    train_toy(root / "toy_64_K_10_train.npz", out)
+    train_toy(root, out)
     return out
 
 
-def train_toy(train_cache, out):  # one tiny epoch of maml.train, PEM off
-    maml_train.main(["--train-cache", str(train_cache), "--out", str(out), "--epochs", "1", "--batches-per-epoch",
-                     "2", "--meta-batch", "2", "--hidden", "8", "--no-pem", "--threads", "1", "--device", "cpu"])
+def train_toy(caches, out):  # one tiny epoch of maml.train on the caches of folder `caches`, PEM off
+    maml_train.main(["--caches", str(caches), "--out", str(out), "--epochs", "1", "--batches-per-epoch", "2",
+                     "--meta-batch", "2", "--hidden", "8", "--no-pem", "--threads", "1", "--device", "cpu"])
 
 
 @pytest.fixture

@@ -1,11 +1,13 @@
 """PEM (maml.pem) on a hand-made example: which cluster is chosen, which members may become queries, and that
-the support set is left alone."""
+the support set is left alone; the PEM transform: its warm-up, its rate, and its evaluation model."""
 
 import numpy as np
 import pytest
+import torch
 
-from fewshot.episodes import Task
-from maml.pem import ClusterIndex, entropy, pem_queries
+from fewshot.episodes import EpisodeSampler, Task
+from maml.maml import MAMLNet
+from maml.pem import PEM, ClusterIndex, entropy, pem_queries
 
 # Clusters on a line (centre x, 0). Predicted labels per member (argmax of the fake evaluation model) and, for
 # the chosen cluster of way 0, the logit of way 0 that ranks its members.
@@ -66,7 +68,7 @@ def test_cluster_index_neighbours_exclude_self_and_are_sorted_by_distance():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(30, 8)).astype(np.float32)
     labels = rng.integers(0, 30, size=500)
-    index = ClusterIndex(labels, centres, k=6)
+    index = ClusterIndex(labels, centres, candidates=6)
     assert index.neighbours.shape == (30, 6)
     for c in range(30):
         d = ((centres.astype(np.float64) - centres[c]) ** 2).sum(1)
@@ -75,8 +77,8 @@ def test_cluster_index_neighbours_exclude_self_and_are_sorted_by_distance():
         assert np.all(np.diff(d[nb]) >= 0)  # nearest first
         assert np.array_equal(nb, np.argsort(np.where(np.arange(30) == c, np.inf, d))[:6])
         assert np.array_equal(index.members[c], np.flatnonzero(labels == c))
-    with pytest.raises(ValueError):
-        ClusterIndex(labels, centres, k=30)
+    with pytest.raises(ValueError, match="fewer candidates than clusters"):
+        ClusterIndex(labels, centres, candidates=30)
 
 
 def test_cluster_index_with_partitions_orders_each_clusters_own_partition_only():
@@ -85,21 +87,22 @@ def test_cluster_index_with_partitions_orders_each_clusters_own_partition_only()
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(30, 8)).astype(np.float32)
     labels, part = rng.integers(0, 30, size=500), np.repeat([0, 1, 2], 10)
-    index, whole = ClusterIndex(labels, centres, k=4, partition=part), ClusterIndex(labels, centres, k=4)
+    index = ClusterIndex(labels, centres, candidates=4, partition=part)
+    whole = ClusterIndex(labels, centres, candidates=4)
     for c in range(30):
         assert np.array_equal(index.order[c], [o for o in whole.order[c] if part[o] == part[c]])
         assert len(index.order[c]) == 9 and np.array_equal(index.neighbours[c], index.order[c][:4])
         assert set(index.candidates(c, [c, (c + 1) % 30])) <= set(range(10 * part[c], 10 * part[c] + 10))
-    with pytest.raises(ValueError, match="k < number of clusters in a partition \\(10 >= 10\\)"):
-        ClusterIndex(labels, centres, k=10, partition=part)
+    with pytest.raises(ValueError, match="fewer candidates than clusters in a partition \\(10 >= 10\\)"):
+        ClusterIndex(labels, centres, candidates=10, partition=part)
 
 
 def test_cluster_index_on_the_example(example):
-    index = ClusterIndex(example["labels"], example["centres"], k=2)
+    index = ClusterIndex(example["labels"], example["centres"], candidates=2)
     assert index.neighbours[0].tolist() == [1, 2]
     assert index.neighbours[4].tolist() == [5, 6]
     assert index.neighbours[7].tolist() == [8, 9]
-    assert ClusterIndex(example["labels"], example["centres"], k=3).neighbours[0].tolist() == [1, 2, 3]
+    assert ClusterIndex(example["labels"], example["centres"], candidates=3).neighbours[0].tolist() == [1, 2, 3]
 
 
 def test_entropy():
@@ -110,7 +113,7 @@ def test_entropy():
 
 def test_pem_queries_choice_ranking_and_relabelling(example):
     labels, task = example["labels"], example["task"]
-    index = ClusterIndex(labels, example["centres"], k=2)
+    index = ClusterIndex(labels, example["centres"], candidates=2)
     b_rows = np.flatnonzero(labels == 2)
     ranked = b_rows[np.argsort(-np.array(WAY0_SCORE))]
     top = set(ranked[:9].tolist())  # max(ceil(0.75 * 12), 4) = 9 highest logits for way 0
@@ -123,7 +126,7 @@ def test_pem_queries_choice_ranking_and_relabelling(example):
         assert np.array_equal(new.query_y, np.repeat(np.arange(N_WAY), Q))
         assert len(new.query) == N_WAY * Q
         q = new.query.reshape(N_WAY, Q)
-        # way 0: cluster 2 (the nearest, cluster 1, is certain; cluster 3 is more uncertain but not among k=2),
+        # way 0: cluster 2 (the nearest, cluster 1, is certain; cluster 3 is more uncertain but not among 2 candidates),
         # only its 9 members that score highest for way 0, drawn without repetition
         assert set(q[0].tolist()) <= top and len(set(q[0].tolist())) == Q
         seen0 |= set(q[0].tolist())
@@ -140,7 +143,7 @@ def test_pem_queries_choice_ranking_and_relabelling(example):
 
 def test_pem_queries_with_more_neighbours_picks_the_most_uncertain(example):
     labels = example["labels"]
-    index = ClusterIndex(labels, example["centres"], k=3)
+    index = ClusterIndex(labels, example["centres"], candidates=3)
     new = pem_queries(example["task"], example["predict"], index, Q, np.random.default_rng(0))
     assert set(new.query[:Q].tolist()) <= members(labels, 3)  # ln 3 beats ln 2 once cluster 3 is a candidate
     # each neighbouring cluster is predicted once, never the ways' own clusters
@@ -152,7 +155,7 @@ def test_pem_queries_with_more_neighbours_picks_the_most_uncertain(example):
 def test_pem_queries_keep_fraction(example):
     """keep_frac=0.25 keeps max(ceil(3), 4) = 4 of cluster 2's 12 members: the 4 best for way 0."""
     labels = example["labels"]
-    index = ClusterIndex(labels, example["centres"], k=2)
+    index = ClusterIndex(labels, example["centres"], candidates=2)
     b_rows = np.flatnonzero(labels == 2)
     best4 = set(b_rows[np.argsort(-np.array(WAY0_SCORE))][:4].tolist())
     for seed in range(20):
@@ -166,7 +169,7 @@ def test_pem_never_draws_queries_from_another_way_of_the_task(example):
     labels = example["labels"]
     centres = example["centres"].copy()
     centres[4] = [0.5, 0.0]  # way 1's cluster is now way 0's nearest neighbour
-    index = ClusterIndex(labels, centres, k=2)
+    index = ClusterIndex(labels, centres, candidates=2)
     assert 4 in index.neighbours[0]
     assert 4 not in index.candidates(0, example["task"].classes)
     for seed in range(20):
@@ -176,13 +179,60 @@ def test_pem_never_draws_queries_from_another_way_of_the_task(example):
                 assert not set(new.query[way * Q:(way + 1) * Q].tolist()) & members(labels, c)
 
 
-def test_candidates_are_the_k_nearest_of_the_clusters_that_are_no_way_of_the_task(example):
+def test_candidates_are_the_nearest_of_the_clusters_that_are_no_way_of_the_task(example):
     """What the module docstring says (a deliberate deviation from upstream's ind_sorted[c][1:k+1], the k
-    nearest with only c excluded): all the task's ways are set aside first, and k candidates remain."""
+    nearest with only c excluded): all the task's ways are set aside first, and as many candidates remain."""
     import maml.pem
 
-    index = ClusterIndex(example["labels"], example["centres"], k=2)
+    index = ClusterIndex(example["labels"], example["centres"], candidates=2)
     assert index.candidates(0, [0, 4, 7]).tolist() == [1, 2]
     assert index.candidates(0, [0, 1, 7]).tolist() == [2, 3]  # upstream would examine [1, 2], cluster 1 a way
     doc = " ".join(maml.pem.__doc__.split())
     assert "none of the task's ways" in doc and "ind_sorted[c][1:k+1]" in doc and "NOTE" in doc
+
+
+def toy_pem(eta, warmup=1):
+    """A PEM of a tiny network over 8 clusters of 6 random 16x16 images, and 2 tasks of its clusters."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(8), 6)
+    X = torch.from_numpy(rng.integers(0, 256, size=(len(labels), 16, 16, 1), dtype=np.uint8))
+    torch.manual_seed(0)
+    model = MAMLNet(1, 2, 16, 3)
+    index = ClusterIndex(labels, rng.normal(size=(8, 4)), candidates=2)
+    sampler = EpisodeSampler(labels, 3, 1, 2)
+    tasks = [sampler.sample(rng) for _ in range(2)]
+    return PEM(model, index, eta=eta, warmup=warmup, keep=0.75, inner_steps=1, inner_lr=0.1), model, X, tasks
+
+
+def test_pem_waits_for_its_warm_up_and_then_rebuilds_with_probability_one_minus_eta():
+    pem, _, X, tasks = toy_pem(eta=0.0, warmup=2)
+    rng = np.random.default_rng(1)
+    state = rng.bit_generator.state
+    for epoch in (0, 1):  # warm-up: the tasks as they were, and no draw from rng (runs stay comparable)
+        same, rebuilt = pem(tasks, X, epoch, rng)
+        assert same is tasks and rebuilt is False and rng.bit_generator.state == state
+    new, rebuilt = pem(tasks, X, 2, rng)
+    assert rebuilt is True and len(new) == 2
+    for t, n in zip(tasks, new):  # the support set stays; the queries, as many per way, come from other clusters
+        assert np.array_equal(t.support, n.support) and np.array_equal(t.classes, n.classes)
+        assert len(n.query) == len(t.query) and not set(n.query // 6) & set(t.classes)
+    never, _, _, _ = toy_pem(eta=1.0)
+    assert all(never(tasks, X, epoch, np.random.default_rng(epoch))[1] is False for epoch in range(1, 20))
+    half, _, _, _ = toy_pem(eta=0.5)
+    rng = np.random.default_rng(2)
+    share = np.mean([half(tasks, X, 1, rng)[1] for _ in range(200)])
+    assert 0.4 < share < 0.6
+
+
+def test_pem_judges_with_a_copy_of_the_model_refreshed_on_request():
+    pem, model, X, tasks = toy_pem(eta=0.0)
+    before = {k: v.clone() for k, v in pem.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # training moves the live model ...
+    assert all(torch.equal(before[k], v) for k, v in pem.state_dict().items())  # ... not the evaluation model
+    rebuilt = pem(tasks, X, 1, np.random.default_rng(3))[0]
+    pem.refresh(model)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in pem.state_dict().items())
+    again = pem(tasks, X, 1, np.random.default_rng(3))[0]  # other weights, other choices (same draws)
+    assert any(not np.array_equal(a.query, b.query) for a, b in zip(rebuilt, again))

@@ -18,6 +18,8 @@ from maml import test as maml_test
 from tests.maml.conftest import N_TEST_CLASSES, evaluate_run, results, train_toy
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
 @pytest.fixture(scope="module")
 def saved(run_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("episodes")
@@ -33,7 +35,7 @@ def test_results_json(saved, own_run):
     assert isinstance(res["ci95"], float) and res["ci95"] >= 0
     assert res["ways"] == 5 and res["shots"] == 1 and res["steps"] == 2
     assert res["model_selection"] == "last epoch (no val split)" and res["checkpoint_epoch"] == 1
-    assert res["cache"].endswith("toy_64_K_10_test.npz")
+    assert res["cache"].endswith("toy_64_K_10_test.npz") and res["split"] == "test"
     assert res["head"] == "trained (5 ways)" and res["seed"] == 0 and "1.96" in res["ci95_method"]
     assert "git_commit" in res and "versions" in res
     # the default output path
@@ -82,9 +84,14 @@ def test_episodes_naming_image_files(saved, tmp_path, run_dir):
     inverted.write_text(json.dumps(as_files(doc, X, tmp_path / "png_inv", lambda a: 255 - a)))
     evaluate_run(run_dir, "--episodes", inverted, "--dataset", "toy", "--output", tmp_path / "inv.json")
     assert results(tmp_path / "inv.json")["per_task_accuracy"] != sampled["per_task_accuracy"]
-    # without a dataset name nothing knows how to read the files
+    # the dataset defaults to the run's (its encode.json's); without a name nothing knows how to read the files
+    evaluate_run(run_dir, "--episodes", files, "--output", tmp_path / "x.json")
+    assert results(tmp_path / "x.json")["per_task_accuracy"] == sampled["per_task_accuracy"]
+    nameless = shutil.copytree(run_dir, tmp_path / "nameless")
+    cfg = json.loads((nameless / "config.json").read_text())
+    (nameless / "config.json").write_text(json.dumps({**cfg, "dataset": None}))
     with pytest.raises(UserError, match="image files"):
-        evaluate_run(run_dir, "--episodes", files, "--output", tmp_path / "x.json")
+        evaluate_run(nameless, "--episodes", files, "--output", tmp_path / "y.json")
 
 
 def test_other_way_count_uses_a_fresh_head_and_says_so(run_dir, tmp_path, capsys):
@@ -109,13 +116,13 @@ def test_more_ways_than_test_classes_exits_with_an_error(run_dir, tmp_path):
 
 
 def test_results_name_the_commit_the_test_started_with(run_dir, tmp_path, monkeypatch, fake_git):
-    evaluate = maml_test.evaluate
+    evaluate = maml_test.evaluate_task
 
     def commit_during_the_test(*args, **kwargs):
         fake_git["commit"] = "made-during-the-test"
         return evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(maml_test, "evaluate", commit_during_the_test)
+    monkeypatch.setattr(maml_test, "evaluate_task", commit_during_the_test)
     evaluate_run(run_dir, "--tasks", 2, "--output", tmp_path / "r.json")
     assert fake_git["commit"] == "made-during-the-test"  # the patch ran
     assert results(tmp_path / "r.json")["git_commit"] == "at-start"
@@ -140,25 +147,35 @@ def test_episodes_set_ways_and_shots_and_other_sources_keep_their_own_result_fil
     two_shot.write_text(json.dumps(doc))
     with pytest.raises(UserError, match="one number of ways and of support images"):
         evaluate_run(own_run, "--episodes", two_shot)
-    # the run's own test cache named with --cache: the usual file; another cache: its own file beside it
+    # the run's own test cache named with --cache: the usual file; another cache: its own file beside it, of the
+    # split it is said to be ("other" unless --split says)
     test_cache = Path(results(own_run / "results" / "test_5w2s_two_shot.json")["cache"])
     evaluate_run(own_run, "--cache", test_cache, "--tasks", 2)
     assert results(own_run / "results" / "test_5w1s.json")["tasks"] == 2
-    other = tmp_path / "other_test.npz"
+    other = tmp_path / "more.npz"
     other.write_bytes(test_cache.read_bytes())
     evaluate_run(own_run, "--cache", other, "--tasks", 4)
-    assert results(own_run / "results" / "test_5w1s_other_test.json")["tasks"] == 4
+    assert results(own_run / "results" / "other_5w1s_more.json")["tasks"] == 4
+    assert results(own_run / "results" / "other_5w1s_more.json")["split"] == "other"
+    evaluate_run(own_run, "--cache", other, "--tasks", 4, "--split", "test")
+    assert results(own_run / "results" / "test_5w1s_more.json")["split"] == "test"
     assert results(own_run / "results" / "test_5w1s.json")["tasks"] == 2
 
 
-def test_a_train_cache_without_the_train_suffix_needs_cache(run_dir, tmp_path):
+@pytest.mark.parametrize("split", ["test", "val"])
+def test_a_run_without_a_cache_of_the_split_needs_cache(run_dir, tmp_path, run_main, split):
+    """The run's caches are what its config.json records (never guessed from file names); a split it has none
+    of is a one-line error that says what to do."""
     cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["val_cache"] is None and cfg["test_cache"].endswith("toy_64_K_10_test.npz")
     other = tmp_path / "run"
     (other / "checkpoints").mkdir(parents=True)
     (other / "checkpoints" / "best.pt").write_bytes((run_dir / "checkpoints" / "best.pt").read_bytes())
-    (other / "config.json").write_text(json.dumps({**cfg, "train_cache": str(tmp_path / "pseudo.npz")}))
-    with pytest.raises(UserError, match="pass --cache"):
-        evaluate_run(other, "--tasks", 2, "--output", tmp_path / "r.json")
+    (other / "config.json").write_text(json.dumps({**cfg, "test_cache": None}))
+    res = run_main("maml.test", ["--run", other, "--split", split, "--tasks", 2, "--steps", 1, "--threads", 1,
+                                 "--device", "cpu", "--output", tmp_path / "r.json"])
+    assert res.code == 2 and res.err == f"error: {other}: the run has no {split} cache (its config.json names " \
+                                        "none); pass --cache\n"
     assert not (tmp_path / "r.json").exists()
 
 
@@ -199,7 +216,7 @@ def test_a_train_cache_without_labels_or_gone_is_not_compared_by_labels(own_run,
     is gone (a run folder copied without its caches) cannot be compared at all, and the test says so."""
     cfg = json.loads((own_run / "config.json").read_text())
     train = load_split(cfg["train_cache"])
-    test = load_split(maml_test.default_test_cache(cfg["train_cache"]))
+    test = load_split(cfg["test_cache"])
     shared = tmp_path / "shared_test.npz"  # labels that the train cache's Y would refuse: 0..7
     write_split(shared, test.X, test.Y - 500, cluster_label=test.Y - 500)
     label_free = tmp_path / "toy_64_K_10_train.npz"
@@ -297,11 +314,11 @@ def test_a_result_with_other_settings_is_not_replaced(saved, own_run, tmp_path, 
     for path in (first, second):
         path.parent.mkdir()
         path.write_bytes(Path(sampled["cache"]).read_bytes())
-    out = own_run / "results" / "test_5w1s_clash_test.json"
+    out = own_run / "results" / "other_5w1s_clash_test.json"
     evaluate_run(own_run, "--cache", first, "--tasks", 3)
     before = out.read_text()
-    evaluate = maml_test.evaluate
-    monkeypatch.setattr(maml_test, "evaluate", lambda *a, **k: pytest.fail("refused only after evaluating"))
+    evaluate = maml_test.evaluate_task
+    monkeypatch.setattr(maml_test, "evaluate_task", lambda *a, **k: pytest.fail("refused only after evaluating"))
     for extra, message in ((["--cache", second], r"other settings \(cache\); pass --output"),
                            (["--cache", first, "--steps", 3], r"steps 2 -> 3"),
                            (["--cache", first, "--seed", 1], r"seed 0 -> 1"),
@@ -310,9 +327,9 @@ def test_a_result_with_other_settings_is_not_replaced(saved, own_run, tmp_path, 
                            (["--cache", first, "--checkpoint", "last"], None)):  # (its own file: no clash)
         args = [*extra, "--tasks", 3, "--save-episodes", tmp_path / "ep.json"]
         if message is None:
-            monkeypatch.setattr(maml_test, "evaluate", evaluate)
+            monkeypatch.setattr(maml_test, "evaluate_task", evaluate)
             evaluate_run(own_run, *args)
-            last = results(own_run / "results" / "test_5w1s_clash_test_last.json")
+            last = results(own_run / "results" / "other_5w1s_clash_test_last.json")
             assert last["tasks"] == 3 and last["model_selection"] == "last checkpoint, not the run's selection"
             assert out.read_text() == before
             continue
@@ -342,10 +359,10 @@ def test_a_run_finds_its_relative_caches_from_any_directory_and_after_a_move(run
     work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
     (work / "caches").mkdir(parents=True)
     elsewhere.mkdir()
-    for name in ("toy_64_K_10_train.npz", "toy_64_K_10_train_clusters.npz", "toy_64_K_10_test.npz"):
+    for name in ("toy_64_K_10_train.npz", "toy_64_K_10_train_clusters.npz", "toy_64_K_10_test.npz", "encode.json"):
         shutil.copy(run_dir.parent / name, work / "caches" / name)
     monkeypatch.chdir(work)
-    train_toy("caches/toy_64_K_10_train.npz", "runs/r")
+    train_toy("caches", "runs/r")
     monkeypatch.chdir(elsewhere)
     for move_first in (False, True):
         root = Path(shutil.move(work, tmp_path / "moved")) if move_first else work
@@ -353,3 +370,21 @@ def test_a_run_finds_its_relative_caches_from_any_directory_and_after_a_move(run
         res = results(tmp_path / f"res{move_first}.json")
         assert Path(res["cache"]).resolve() == (root / "caches" / "toy_64_K_10_test.npz").resolve()
         assert res["seen_classes"] == 0  # the train cache was found, so the class check ran
+
+
+def test_the_val_split_is_tested_as_easily_as_the_test_split(own_run, tmp_path):
+    """--split val tests the run's val cache (every setting is chosen on val) under results/val_*.json, with the
+    very tasks a --cache of the same file draws; the split is recorded with the result."""
+    test = load_split(json.loads((own_run / "config.json").read_text())["test_cache"])
+    val = tmp_path / "held_out.npz"
+    write_split(val, test.X[::-1], test.Y + 100, cluster_label=test.Y + 100)  # other images, other classes
+    cfg = json.loads((own_run / "config.json").read_text())
+    (own_run / "config.json").write_text(json.dumps({**cfg, "val_cache": str(val)}))
+    evaluate_run(own_run, "--split", "val", "--tasks", 4)
+    evaluate_run(own_run, "--tasks", 4)
+    on_val, on_test = results(own_run / "results" / "val_5w1s.json"), results(own_run / "results" / "test_5w1s.json")
+    assert (on_val["split"], on_val["cache"], on_val["tasks"]) == ("val", str(val), 4)
+    assert on_test["split"] == "test" and on_val["per_task_accuracy"] != on_test["per_task_accuracy"]
+    evaluate_run(own_run, "--cache", val, "--tasks", 4, "--output", tmp_path / "named.json")  # the run's val cache
+    named = results(tmp_path / "named.json")
+    assert named["split"] == "val" and named["per_task_accuracy"] == on_val["per_task_accuracy"]

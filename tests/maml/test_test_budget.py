@@ -8,7 +8,7 @@ import pytest
 
 from fewshot.checkpoint import save_checkpoint
 from fewshot.errors import UserError
-from maml import test as maml_test
+from maml.selection import budget_snapshot
 from tests.maml.conftest import evaluate_run, results
 
 
@@ -26,44 +26,43 @@ def test_best_within_a_budget_is_the_snapshot_a_shorter_run_would_select(own_run
     assert not (own_run / "results" / "test_5w1s.json").exists()
 
 
-def budget_run(root: Path, val_accs, snapshots, schedule="constant") -> tuple[Path, dict]:
+def budget_run(root: Path, val_accs, snapshots) -> tuple[Path, dict]:
     """A run folder holding only what best@N reads: metrics rows, (empty) snapshot files and the config."""
     (root / "checkpoints").mkdir(parents=True)
     rows = [{"epoch": e, "val_acc": v} for e, v in enumerate(val_accs, 1)]
     (root / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     for e in snapshots:
         (root / "checkpoints" / f"epoch_{e:04d}.pt").touch()
-    return root, {"meta_lr_schedule": schedule, "save_every": 2}
+    return root, {"save_every": 2}
 
 
 def test_best_within_a_budget_takes_the_highest_val_accuracy_the_later_on_ties(tmp_path):
     run, cfg = budget_run(tmp_path, [0.6, 0.9, 0.8, 0.9, 0.7], snapshots=range(1, 6))
-    assert [maml_test.budget_snapshot(run, cfg, n)[1] for n in range(1, 6)] == [1, 2, 2, 4, 4]
+    assert [budget_snapshot(run, cfg, n)[1] for n in range(1, 6)] == [1, 2, 2, 4, 4]
 
 
 def test_best_within_a_budget_falls_back_on_best_or_last_when_they_hold_the_epoch(tmp_path):
     run, cfg = budget_run(tmp_path, [0.6, 0.9, 0.8, 0.7], snapshots=[])
     save_checkpoint(run / "checkpoints" / "best.pt", "maml", epoch=2)
     save_checkpoint(run / "checkpoints" / "last.pt", "maml", epoch=4)
-    assert maml_test.budget_snapshot(run, cfg, 4) == (run / "checkpoints" / "best.pt", 2)
+    assert budget_snapshot(run, cfg, 4) == (run / "checkpoints" / "best.pt", 2)
     run, cfg = budget_run(tmp_path / "later", [0.6, 0.9, 0.8, 0.95], snapshots=[])
     save_checkpoint(run / "checkpoints" / "last.pt", "maml", epoch=4)
-    assert maml_test.budget_snapshot(run, cfg, 4) == (run / "checkpoints" / "last.pt", 4)
+    assert budget_snapshot(run, cfg, 4) == (run / "checkpoints" / "last.pt", 4)
     with pytest.raises(UserError, match="best@3 selects epoch 2, whose snapshot the run did not keep"):
-        maml_test.budget_snapshot(run, cfg, 3)  # last.pt holds epoch 4, not 2
+        budget_snapshot(run, cfg, 3)  # last.pt holds epoch 4, not 2
 
 
-@pytest.mark.parametrize("val_accs, snapshots, schedule, budget, message", [
-    ([0.6, 0.9], [1, 2], "constant", 3, "holds 2 epochs; best@3 needs epochs 1 to 3"),
-    ([0.6, 0.7, 0.9, 0.8], [2, 4], "constant", 4, "best@4 selects epoch 3"),
-    ([0.9, 0.6], [2], "constant", 2, "best@2 selects epoch 1, whose snapshot the run did not keep (it kept every 2)"),
-    ([0.6, 0.9], [1, 2], "cosine", 1, "the cosine meta-learning rate"),
-    ([0.6, "x"], [1, 2], "constant", 2, "a val_acc among epochs 1 to 2 is not a number"),
+@pytest.mark.parametrize("val_accs, snapshots, budget, message", [
+    ([0.6, 0.9], [1, 2], 3, "holds 2 epochs; best@3 needs epochs 1 to 3"),
+    ([0.6, 0.7, 0.9, 0.8], [2, 4], 4, "best@4 selects epoch 3"),
+    ([0.9, 0.6], [2], 2, "best@2 selects epoch 1, whose snapshot the run did not keep (it kept every 2)"),
+    ([0.6, "x"], [1, 2], 2, "a val_acc among epochs 1 to 2 is not a number"),
 ])
-def test_best_within_a_budget_refuses_what_it_cannot_select(tmp_path, val_accs, snapshots, schedule, budget, message):
-    run, cfg = budget_run(tmp_path, val_accs, snapshots, schedule)
+def test_best_within_a_budget_refuses_what_it_cannot_select(tmp_path, val_accs, snapshots, budget, message):
+    run, cfg = budget_run(tmp_path, val_accs, snapshots)
     with pytest.raises(UserError, match=re.escape(message)):
-        maml_test.budget_snapshot(run, cfg, budget)
+        budget_snapshot(run, cfg, budget)
 
 
 def test_best_within_a_budget_needs_the_metrics(own_run, run_main):

@@ -6,10 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import maml.pem
 from fewshot.data import write_split
 from fewshot.errors import UserError
 from fewshot.io import save_npz
 from maml import train as maml_train
+from tests.maml.conftest import write_encode_json
 
 SIDE, PER_CLUSTER = 16, 12
 
@@ -31,15 +33,17 @@ def partitioned_caches(root: Path, sizes=(8, 8)) -> dict:
     write_split(paths["train"], np.concatenate(X), np.zeros(len(labels), np.int64), cluster_label=labels,
                 index=np.tile(np.arange(n), len(sizes)), partition=part)
     save_npz(root / "toy_8_K_8_train_clusters.npz", cluster_centers=rng.normal(size=(offset, 4)).astype(np.float32))
+    write_encode_json(root, train=paths["train"].name, val=paths["val"].name,
+                      train_clusters="toy_8_K_8_train_clusters.npz")
     yv = np.repeat(np.arange(100, 106), 10)
     write_split(paths["val"], x[:60], yv, cluster_label=yv)
     return {**paths, "labels": labels, "partition": part}
 
 
 def run(caches, out, *extra):
-    maml_train.main(["--train-cache", str(caches["train"]), "--val-cache", str(caches["val"]), "--out", str(out),
+    maml_train.main(["--caches", str(caches["train"].parent), "--out", str(out),
                      "--epochs", "1", "--batches-per-epoch", "4", "--meta-batch", "4", "--hidden", "8",
-                     "--pem-warmup", "0", "--pem-eta", "0", "--pem-k", "2", "--val-tasks", "3",
+                     "--pem-warmup", "0", "--pem-eta", "0", "--pem-candidates", "2", "--val-tasks", "3",
                      "--threads", "1", "--device", "cpu", *map(str, extra)])
 
 
@@ -47,14 +51,14 @@ def test_tasks_and_pem_stay_within_one_partition(tmp_path, monkeypatch):
     caches = partitioned_caches(tmp_path)
     of_cluster = np.zeros(16, np.int64)
     of_cluster[8:] = 1
-    real_pem, tasks = maml_train.pem_queries, []
+    real_pem, tasks = maml.pem.pem_queries, []
 
     def recording_pem(task, *args, **kwargs):
         new = real_pem(task, *args, **kwargs)
         tasks.append((task.classes, caches["labels"][new.query]))
         return new
 
-    monkeypatch.setattr(maml_train, "pem_queries", recording_pem)
+    monkeypatch.setattr(maml.pem, "pem_queries", recording_pem)
     run(caches, tmp_path / "run")
     assert len(tasks) == 16  # every task of every meta-batch rebuilt (eta 0)
     for ways, query_clusters in tasks:
@@ -67,11 +71,11 @@ def test_tasks_and_pem_stay_within_one_partition(tmp_path, monkeypatch):
     ("split", "cluster 3 has rows in partitions \\[0, 1\\]; each cluster must belong to one partition"),
     ("few", "5-way tasks need 5 classes of >= 6 images in every group \\(partition\\); group 1 has 4"),
     ("five", "PEM needs more clusters than ways: 5 clusters, --ways 5"),
-    ("pem_k", "--pem-k 8 must be in 1..7 \\(clusters in the smallest partition - 1\\)"),
+    ("candidates", "--pem-candidates 8 must be in 1..7 \\(clusters in the smallest partition - 1\\)"),
 ])
 def test_inconsistent_partitions_are_refused_before_anything_is_written(tmp_path, change, message):
     caches = partitioned_caches(tmp_path, sizes={"few": (8, 4), "five": (8, 5)}.get(change, (8, 8)))
-    extra = ["--pem-k", "8"] if change == "pem_k" else []
+    extra = ["--pem-candidates", "8"] if change == "candidates" else []
     if change == "split":  # one row of cluster 3 (partition 0) marked as partition 1
         part = caches["partition"].copy()
         part[np.flatnonzero(caches["labels"] == 3)[0]] = 1
