@@ -63,7 +63,7 @@ def make_step(device, batch_size, queue_size, bn_splits):
 
 
 def get_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per step")
     p.add_argument("--queue-size", type=positive_int, nargs="+", default=[16384], help="queue lengths to time")

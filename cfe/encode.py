@@ -18,7 +18,6 @@ partition's clusters, labelled one after the other, each image once per partitio
 saying which partition each row belongs to; maml.train then draws each task from one partition.
 """
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from tqdm import tqdm
 
 from cfe.model import load_cfe
 from fewshot.backbones import to_float
-from fewshot.cli import DEVICE_HELP, THREADS_HELP, HelpFormatter, nonneg_int, positive_int, seed_int
+from fewshot.cli import DEVICE_HELP, THREADS_HELP, make_parser, nonneg_int, positive_int, seed_int
 from fewshot.data import (
     SPLITS,
     assert_disjoint_classes,
@@ -48,8 +47,7 @@ from fewshot.runtime import pick_device, set_threads
 
 
 def get_parser():
-    p = argparse.ArgumentParser(prog="python -m cfe.encode", description=__doc__.split("\n")[0],
-                                formatter_class=HelpFormatter)
+    p = make_parser("python -m cfe.encode", __doc__)
     p.add_argument("--checkpoint", required=True, help="cfe checkpoint (.pt)")
     p.add_argument("--data-dir", required=True, help="folder with {dataset}_cache_{train,val,test}.npz")
     p.add_argument("--dataset", required=True, help="dataset name, used in file names")

@@ -11,7 +11,6 @@ Laid out as facebookresearch/moco main_moco.py (SGD, cosine schedule set once pe
 queue); the settings are upstream PL-CFE main_cfe_omni.py's (docs/design.md, algorithms: CFE).
 """
 
-import argparse
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from fewshot.checkpoint import load_checkpoint, load_state, save_checkpoint, sna
 from fewshot.cli import (
     DEVICE_HELP,
     THREADS_HELP,
-    HelpFormatter,
+    make_parser,
     nonneg_float,
     nonneg_int,
     positive_float,
@@ -43,8 +42,7 @@ MAY_CHANGE = tuple(k for k in RESUMABLE_CHANGES if k != "epochs")
 
 
 def get_parser():
-    p = argparse.ArgumentParser(prog="python -m cfe.train", description=__doc__.split("\n")[0],
-                                formatter_class=HelpFormatter)
+    p = make_parser("python -m cfe.train", __doc__)
     p.add_argument("--data", required=True, help="train split .npz (only its images X are read)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--epochs", type=positive_int, default=200, help="epochs over the train images")

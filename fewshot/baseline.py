@@ -8,13 +8,12 @@ are those maml.test samples from the same labels and seed (fewshot.episodes.samp
 compare task by task. Writes OUT/config.json and OUT/results/{split}_{ways}w{shots}s.json, as maml.test does.
 """
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 
-from fewshot.cli import HelpFormatter, positive_int, seed_int
+from fewshot.cli import make_parser, positive_int, seed_int
 from fewshot.data import load_split
 from fewshot.episodes import Task, sample_tasks, tasks_sha256
 from fewshot.errors import cli_main
@@ -26,8 +25,7 @@ METHOD = "raw pixels, nearest prototype (no training)"
 
 
 def get_parser():
-    p = argparse.ArgumentParser(prog="python -m fewshot.baseline", description=__doc__.split("\n")[0],
-                                formatter_class=HelpFormatter)
+    p = make_parser("python -m fewshot.baseline", __doc__)
     p.add_argument("--cache", required=True, help="labelled split to draw the tasks from (.npz with X and Y)")
     p.add_argument("--split", choices=("test", "val"), default="test", help="which split --cache is, for the "
                    "result's name and record")

@@ -83,3 +83,10 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.default in (None, argparse.SUPPRESS) or action.nargs == 0 or "default" in text:
             return text
         return super()._get_help_string(action)
+
+
+def make_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A stage's parser: its docstring's first line as the description, defaults in --help, and no abbreviated
+    options (an option renamed or removed must not be read as another that shares its prefix)."""
+    return argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0], formatter_class=HelpFormatter,
+                                   allow_abbrev=False)

@@ -6,14 +6,13 @@
 Writes {name}_cache_{train,val,test}.npz (uint8 NHWC images, true labels) and prepare.json into --out.
 """
 
-import argparse
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from fewshot.cli import HelpFormatter
+from fewshot.cli import make_parser
 from fewshot.data import SPLITS, assert_disjoint_classes, check_split, prepared_path, write_split
 from fewshot.errors import UserError, cli_main
 from fewshot.io import provenance, save_json
@@ -92,8 +91,7 @@ def image_file_loader(name: str, shape: tuple):
 
 
 def get_parser():
-    p = argparse.ArgumentParser(prog="python -m fewshot.datasets", description=__doc__.split("\n")[0],
-                                formatter_class=HelpFormatter)
+    p = make_parser("python -m fewshot.datasets", __doc__)
     p.add_argument("name", help=f"one of: {', '.join(DATASETS)}")
     p.add_argument("--source", help="where the raw data is (dataset-specific; see each prepare_* function)")
     p.add_argument("--out", required=True, help="folder for {name}_cache_{split}.npz")

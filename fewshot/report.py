@@ -7,12 +7,11 @@ Wall times are read from each stage's own logs (sums of epoch times, so a resume
 Writes summary.json and summary.md into the folder and prints the table.
 """
 
-import argparse
 import math
 import re
 from pathlib import Path
 
-from fewshot.cli import HelpFormatter
+from fewshot.cli import make_parser
 from fewshot.errors import UserError, cli_main
 from fewshot.io import atomic_path, load_json, read_jsonl, save_json
 from fewshot.metrics import format_accuracy, paired_difference
@@ -189,8 +188,7 @@ def compare(a_path, b_path) -> dict:
 
 
 def get_parser():
-    p = argparse.ArgumentParser(prog="python -m fewshot.report", description=__doc__.split("\n")[0],
-                                formatter_class=HelpFormatter)
+    p = make_parser("python -m fewshot.report", __doc__)
     p.add_argument("root", nargs="?", help="pipeline folder holding cfe/, caches/, maml-*/ and optionally pixels/")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                    help="print the paired difference A - B of two result files on the same tasks instead")

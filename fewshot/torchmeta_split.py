@@ -13,13 +13,12 @@ NOTE: upstream's test.py also draws its test characters from torchmeta's own (Vi
 cache's train split; here the characters are always the cache's.
 """
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
 from fewshot import omniglot as om
-from fewshot.cli import HelpFormatter
+from fewshot.cli import make_parser
 from fewshot.data import SPLITS, load_split, prepared_path, write_split
 from fewshot.errors import UserError, cli_main
 from fewshot.io import provenance
@@ -49,8 +48,7 @@ def resampled_splits(zip_paths, cache_splits, splits, partial=False, pixels="tor
 
 
 def get_parser():
-    p = argparse.ArgumentParser(prog="python -m fewshot.torchmeta_split", description=__doc__.split("\n")[0],
-                                formatter_class=HelpFormatter)
+    p = make_parser("python -m fewshot.torchmeta_split", __doc__)
     p.add_argument("--zips", required=True, help="folder of the official Omniglot zips (or one zip)")
     p.add_argument("--cache-dir", required=True, help="folder with omniglot_cache_{train,val,test}.npz")
     p.add_argument("--out", required=True, help="folder for the resampled omniglot_cache_{split}.npz")

@@ -19,7 +19,6 @@ A killed test resumes: the accuracies of the tasks done so far are kept in {outp
 command continues after the last of them (the tasks are drawn deterministically, so the result is the same).
 """
 
-import argparse
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fewshot.cli import DEVICE_HELP, THREADS_HELP, HelpFormatter, nonneg_int, positive_float, positive_int, seed_int
+from fewshot.cli import DEVICE_HELP, THREADS_HELP, make_parser, nonneg_int, positive_float, positive_int, seed_int
 from fewshot.data import load_split
 from fewshot.datasets import image_file_loader
 from fewshot.episodes import load_episodes, sample_tasks, save_episodes, tasks_sha256
@@ -46,8 +45,7 @@ PARTIAL_EVERY, PARTIAL_SECONDS = 50, 30  # the partial file is rewritten after t
 
 
 def get_parser():
-    p = argparse.ArgumentParser(prog="python -m maml.test", description=__doc__.split("\n")[0],
-                                formatter_class=HelpFormatter)
+    p = make_parser("python -m maml.test", __doc__)
     p.add_argument("--run", required=True, help="maml.train run folder (holds config.json and checkpoints/)")
     p.add_argument("--checkpoint", default="best",
                    help="best (the run's selection), last, a checkpoint path such as RUN/checkpoints/epoch_0040.pt, "

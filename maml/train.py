@@ -14,7 +14,6 @@ checkpoints/last.pt after every epoch, checkpoints/best.pt (highest val accuracy
 cache) and checkpoints/epoch_NNNN.pt every --save-every epochs (for `maml.test --checkpoint best@N`).
 """
 
-import argparse
 import time
 from pathlib import Path
 
@@ -27,8 +26,8 @@ from fewshot.checkpoint import load_checkpoint, load_state, save_checkpoint, sna
 from fewshot.cli import (
     DEVICE_HELP,
     THREADS_HELP,
-    HelpFormatter,
     fraction,
+    make_parser,
     nonneg_int,
     positive_float,
     positive_int,
@@ -47,8 +46,7 @@ from maml.pem import PEM, ClusterIndex
 
 
 def get_parser():
-    p = argparse.ArgumentParser(prog="python -m maml.train", description=__doc__.split("\n")[0],
-                                formatter_class=HelpFormatter)
+    p = make_parser("python -m maml.train", __doc__)
     data = p.add_argument_group("caches")
     source = data.add_mutually_exclusive_group(required=True)
     source.add_argument("--caches", help="cfe.encode output folder: its encode.json names every cache")

@@ -1,9 +1,15 @@
-"""Shared fixtures: a tiny synthetic prepared dataset, a tiny CFE checkpoint, its encoded caches, and a helper
-that runs a stage's `main(argv)` in-process the way its command line does (through `cli_main`).
+"""Shared fixtures: a tiny synthetic prepared dataset, a tiny CFE checkpoint, its encoded caches, a helper that
+runs a stage's `main(argv)` in-process the way its command line does (through `cli_main`), and one that starts a
+stage as a process of its own and SIGKILLs it once it has written a given file (`run_and_kill`).
 
 Everything here is small enough for a 2-core machine; torch uses one thread in every test."""
 
 import importlib
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,6 +23,7 @@ from fewshot.checkpoint import save_checkpoint
 from fewshot.data import SPLITS, encoded_path, prepared_path, write_split
 from fewshot.errors import cli_main
 
+REPO = Path(__file__).resolve().parents[1]  # the repository root, where `python -m <stage>` runs
 DATASET = "synth"
 CLASSES = {"train": 40, "val": 10, "test": 10}  # disjoint label ranges: train 0-39, val 40-49, test 50-59
 PER_CLASS = 20
@@ -100,17 +107,17 @@ ENCODE_K, ENCODE_MIN = 10, 100  # 800 train images in 10 clusters: some are smal
 
 @pytest.fixture(scope="session")
 def encoded(tmp_path_factory, prepared, cfe_checkpoint):
-    """cfe.encode run once on the synthetic dataset. Attributes: out, dataset, dim, k, min_size, path[split]
+    """cfe.encode run once on the synthetic dataset. Attributes: out, dataset, dim, clusters, min_size, path[split]
     for train/val/test/train_clusters/train_emb."""
     from cfe import encode
 
     out = tmp_path_factory.mktemp("encoded") / "caches"
     encode.main(["--checkpoint", str(cfe_checkpoint), "--data-dir", str(prepared.root), "--dataset", prepared.name,
-                 "--out", str(out), "--k", str(ENCODE_K), "--niter", "10", "--min-cluster-size", str(ENCODE_MIN),
-                 "--device", "cpu", "--threads", "1"])
+                 "--out", str(out), "--clusters", str(ENCODE_K), "--niter", "10",
+                 "--min-cluster-size", str(ENCODE_MIN), "--device", "cpu", "--threads", "1"])
     dim = TINY_CFE["dim"]
     names = ("train", "val", "test", "train_clusters", "train_emb")
-    return SimpleNamespace(out=out, dataset=prepared.name, dim=dim, k=ENCODE_K, min_size=ENCODE_MIN,
+    return SimpleNamespace(out=out, dataset=prepared.name, dim=dim, clusters=ENCODE_K, min_size=ENCODE_MIN,
                            path={s: encoded_path(out, prepared.name, dim, ENCODE_K, s) for s in names})
 
 
@@ -138,6 +145,34 @@ def run_main(capsys):
     return run
 
 
+def run_and_kill(module: str, argv, watch, timeout: float = 300.0) -> None:
+    """A real interruption: start `python -m module argv` from the repository root as a process of its own and
+    SIGKILL it (no chance to clean up) as soon as the file `watch` exists (e.g. the run's checkpoints/last.pt).
+    Fails, with the process's output, if it ended before that (crashed, or finished so there was nothing left to
+    interrupt) or `watch` did not appear within `timeout` seconds."""
+    watch = Path(watch)
+    with tempfile.TemporaryFile("w+") as log:
+        def output():
+            log.seek(0)
+            return log.read()
+
+        proc = subprocess.Popen([sys.executable, "-m", module, *map(str, argv)], cwd=REPO, stdout=log,
+                                stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + timeout
+            while not watch.exists():
+                assert proc.poll() is None, f"{module} ended before {watch} existed:\n{output()}"
+                assert time.monotonic() < deadline, f"no {watch} within {timeout:.0f} s:\n{output()}"
+                time.sleep(0.005)
+            assert proc.poll() is None, f"{module} finished before it could be killed:\n{output()}"
+            proc.send_signal(signal.SIGKILL)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        assert proc.returncode == -signal.SIGKILL, f"{module} was not killed:\n{output()}"
+
+
 def files_under(root) -> dict:
     """{relative path: (size, mtime_ns)} of every file below root (hidden ones included); {} if root is absent."""
     root = Path(root)
@@ -159,3 +194,19 @@ def fake_git(monkeypatch):
     fio._provenance.cache_clear()
     yield head
     fio._provenance.cache_clear()
+
+
+def assert_same(a, b, where=""):
+    """Nested checkpoint entries (dicts, lists, tensors, numbers) equal bit for bit."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for key in a:
+            assert_same(a[key], b[key], f"{where}/{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}/{i}")
+    else:
+        assert a == b, where

@@ -68,24 +68,36 @@ def env(tmp_path_factory, cfe_checkpoint):
     torch.save({"kind": "cfe", "model": {}}, e.no_arch)
     e.random_ckpt = root / "random.pt"
     e.random_ckpt.write_bytes(np.random.default_rng(1).bytes(4096))
-    # a pseudo-labelled train cache with 3 clusters (+ its centres), and a prepared cache without pseudo-labels
-    e.cache = root / "caches" / "synth_16_K_3_train.npz"
+    # a cfe.encode-like folder: a pseudo-labelled train cache with 3 clusters, its centres, and an encode.json
+    # naming them (the test cache is added below)
+    e.caches = root / "caches"
+    e.cache = e.caches / "synth_16_K_3_train.npz"
     write_split(e.cache, X, Y, cluster_label=Y, index=np.arange(24))
-    np.savez(root / "caches" / "synth_16_K_3_train_clusters.npz", cluster_centers=np.eye(3, 16, dtype=np.float32))
-    e.no_clusters = root / "nocentres" / "synth_16_K_3_train.npz"
-    write_split(e.no_clusters, X, Y, cluster_label=Y)
+    e.centres = _npz(e.caches / "synth_16_K_3_train_clusters.npz", cluster_centers=np.eye(3, 16, dtype=np.float32))
+    save_json(e.caches / "encode.json", {"dataset": "synth", "dim": 16, "clusters": 3, "caches": {
+        "train": e.cache.name, "train_clusters": e.centres.name, "test": "synth_16_K_3_test.npz"}})
+    # an encode.json whose centres file is missing, one from before encode.json named the caches, and a folder
+    # of caches without encode.json
+    e.no_clusters = root / "nocentres"
+    write_split(e.no_clusters / "synth_16_K_3_train.npz", X, Y, cluster_label=Y)
+    save_json(e.no_clusters / "encode.json", {"dataset": "synth", "caches": {
+        "train": "synth_16_K_3_train.npz", "train_clusters": "synth_16_K_3_train_clusters.npz"}})
+    e.old_encode = root / "old_encode"
+    write_split(e.old_encode / "synth_16_K_3_train.npz", X, Y, cluster_label=Y)
+    save_json(e.old_encode / "encode.json", {"dataset": "synth", "k": 3, "clusters": 3})
+    e.no_encode = root / "no_encode"
+    write_split(e.no_encode / "synth_16_K_3_train.npz", X, Y, cluster_label=Y)
     e.two_centres = _npz(root / "two_centres.npz", cluster_centers=np.eye(2, 16, dtype=np.float32))  # 3 clusters
-    e.unnamed_cache = root / "caches" / "pseudo_labels.npz"  # not *_train.npz: its centres' name is unknown
-    write_split(e.unnamed_cache, X, Y, cluster_label=Y)
     e.val_32 = _npz(root / "val32.npz", X=np.zeros((24, 32, 32, 1), np.uint8), Y=Y)
     e.val_2 = _npz(root / "val2.npz", X=X[:16], Y=Y[:16])  # 2 classes only
     # a maml run folder: config.json + a valid best.pt, and runs whose checkpoints are wrong
     e.test_cache = root / "caches" / "synth_16_K_3_test.npz"
     write_split(e.test_cache, X, Y + 10, cluster_label=Y + 10)  # classes the run never trained on
     model = MAMLNet(1, 4, 28, 5)
-    for run, ckpt in (("run", "maml"), ("run_cfe", "cfe"), ("run_random", "random")):
+    for run, ckpt in (("run", "maml"), ("run_cfe", "cfe"), ("run_random", "random"), ("run_no_test", "maml")):
         d = root / run
-        save_json(d / "config.json", {"train_cache": str(e.cache), "queries": 1, "inner_lr": 0.1})
+        own = {"test_cache": str(e.test_cache)} if run != "run_no_test" else {}  # maml.train records it
+        save_json(d / "config.json", {"train_cache": str(e.cache), **own, "queries": 1, "inner_lr": 0.1})
         best = d / "checkpoints" / "best.pt"
         best.parent.mkdir()
         if ckpt == "maml":
@@ -105,14 +117,24 @@ def env(tmp_path_factory, cfe_checkpoint):
 
 def encode_args(e, out, checkpoint=None, data=None, *extra):
     return ["--checkpoint", checkpoint or e.cfe, "--data-dir", data or e.data_good, "--dataset", "synth",
-            "--out", out, "--k", "3", "--niter", "2", "--min-cluster-size", "2", "--device", "cpu", "--threads", "1",
-            *extra]
+            "--out", out, "--clusters", "3", "--niter", "2", "--min-cluster-size", "2", "--device", "cpu",
+            "--threads", "1", *extra]
 
 
-def maml_train_args(e, out, cache=None, *extra):
-    return ["--train-cache", cache or e.cache, "--out", out, "--epochs", "1", "--batches-per-epoch", "1",
-            "--meta-batch", "1", "--ways", "3", "--shots", "1", "--queries", "1", "--hidden", "4",
-            "--device", "cpu", "--threads", "1", *extra]
+def maml_train_args(e, out, cache=None, *extra, centres=True):
+    """--train-cache CACHE (default: the pseudo-labelled one) with --centres, or without them for centres=False."""
+    source = ["--train-cache", cache or e.cache] + (["--centres", e.centres] if centres else [])
+    return maml_common_args(out, *source, *extra)
+
+
+def maml_caches_args(e, out, caches=None, *extra):
+    """--caches DIR (default: the cfe.encode-like folder), the normal way."""
+    return maml_common_args(out, "--caches", caches or e.caches, *extra)
+
+
+def maml_common_args(out, *extra):
+    return ["--out", out, "--epochs", "1", "--batches-per-epoch", "1", "--meta-batch", "1", "--ways", "3",
+            "--shots", "1", "--queries", "1", "--hidden", "4", "--device", "cpu", "--threads", "1", *extra]
 
 
 def maml_test_args(e, out, run=None, *extra):
@@ -149,7 +171,8 @@ CASES = {
                                     "is a folder, expected a checkpoint"),
     "encode-corrupt-checkpoint": ("cfe.encode", lambda e, o: encode_args(e, o, e.random_ckpt),
                                   "not a readable checkpoint"),
-    "encode-checkpoint-without-arch": ("cfe.encode", lambda e, o: encode_args(e, o, e.no_arch), "usable 'arch'"),
+    "encode-checkpoint-without-arch": ("cfe.encode", lambda e, o: encode_args(e, o, e.no_arch),
+                                       r"no_arch\.pt: cfe checkpoint without 'arch' \(has kind, model\)"),
     "encode-missing-data": ("cfe.encode", lambda e, o: encode_args(e, o, None, e.root / "nodata"),
                             "synth_cache_train.npz: file not found"),
     "encode-corrupt-train": ("cfe.encode", lambda e, o: encode_args(e, o, None, e.data_corrupt), "not a readable"),
@@ -157,31 +180,46 @@ CASES = {
                                 r"images are \(32, 32, 1\), the checkpoint expects \(28, 28, 1\)"),
     "encode-corrupt-val": ("cfe.encode", lambda e, o: encode_args(e, o, None, e.data_badval),
                            "synth_cache_val.npz: not a readable"),
-    "encode-k-too-large": ("cfe.encode", lambda e, o: encode_args(e, o, None, None, "--k", "25"),
-                           "--k 25 must be between 1 and the number of train images \\(24\\)"),
+    "encode-clusters-too-many": ("cfe.encode", lambda e, o: encode_args(e, o, None, None, "--clusters", "25"),
+                                 "--clusters 25 must be between 1 and the number of train images \\(24\\)"),
     "encode-zero-batch": ("cfe.encode", lambda e, o: encode_args(e, o, None, None, "--batch-size", "0"),
                           "argument --batch-size: invalid positive_int value: '0'"),
-    "maml-more-ways-than-classes": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--ways", "5"),
+    "maml-more-ways-than-classes": ("maml.train", lambda e, o: maml_caches_args(e, o, None, "--ways", "5"),
                                     "need 5 classes .* this split has 3"),
+    "maml-train-cache-more-ways-than-classes": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--ways", "5"),
+                                                "need 5 classes .* this split has 3"),
     "maml-missing-cache": ("maml.train", lambda e, o: maml_train_args(e, o, e.absent), "file not found"),
     "maml-corrupt-cache": ("maml.train", lambda e, o: maml_train_args(e, o, e.random), "not a readable .npz"),
     "maml-cache-without-pseudo-labels": ("maml.train", lambda e, o: maml_train_args(e, o, e.small),
                                          "missing array 'cluster_label'"),
     "maml-flat-images": ("maml.train", lambda e, o: maml_train_args(e, o, e.flat_images), r"\(N,H,W,C\)"),
-    "maml-missing-centres": ("maml.train", lambda e, o: maml_train_args(e, o, e.no_clusters),
-                             "_train_clusters.npz: file not found"),
-    "maml-fewer-centres-than-clusters": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--clusters",
-                                                                                    e.two_centres),
+    "maml-caches-missing-centres": ("maml.train", lambda e, o: maml_caches_args(e, o, e.no_clusters),
+                                    r"nocentres/synth_16_K_3_train_clusters\.npz: file not found"),
+    "maml-caches-without-encode-json": ("maml.train", lambda e, o: maml_caches_args(e, o, e.no_encode),
+                                        r"no_encode/encode\.json: file not found"),
+    "maml-encode-json-without-caches": ("maml.train", lambda e, o: maml_caches_args(e, o, e.old_encode),
+                                        r"old_encode/encode\.json: names no train cache and cluster centres .*"
+                                        r"pass --train-cache and --centres"),
+    "maml-caches-and-train-cache": ("maml.train", lambda e, o: maml_caches_args(e, o, None, "--train-cache", e.cache),
+                                    "argument --train-cache: not allowed with argument --caches"),
+    "maml-caches-and-val-cache": ("maml.train", lambda e, o: maml_caches_args(e, o, None, "--val-cache", e.small),
+                                  r"--val-cache go with --train-cache; with --caches, .*encode\.json names"),
+    "maml-pem-without-centres": ("maml.train", lambda e, o: maml_train_args(e, o, None, centres=False),
+                                 r"PEM needs the train cache's cluster centres: pass --centres \(or --no-pem\)"),
+    "maml-fewer-centres-than-clusters": ("maml.train", lambda e, o: maml_train_args(e, o, None, centres=False)
+                                         + ["--centres", e.two_centres],
                                          "cluster labels reach 2 but only 2 centres were given"),
-    "maml-cluster-file-not-inferable": ("maml.train", lambda e, o: maml_train_args(e, o, e.unnamed_cache),
-                                        r"pseudo_labels\.npz: cannot infer the cluster file .*pass --clusters"),
-    "maml-missing-clusters": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--clusters", e.absent),
-                              r"absent\.npz: file not found"),
-    "maml-corrupt-clusters": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--clusters", e.random),
-                              r"random\.npz: not a readable \.npz"),
-    "maml-clusters-without-centres": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--clusters", e.small),
-                                      r"small\.npz: missing array 'cluster_centers'"),
-    "maml-missing-val": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--val-cache", e.absent, "--no-pem"),
+    "maml-missing-centres": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--centres", e.absent,
+                                                                        centres=False),
+                             r"absent\.npz: file not found"),
+    "maml-corrupt-centres": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--centres", e.random,
+                                                                        centres=False),
+                             r"random\.npz: not a readable \.npz"),
+    "maml-centres-without-cluster-centers": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--centres",
+                                                                                        e.small, centres=False),
+                                             r"small\.npz: missing array 'cluster_centers'"),
+    "maml-missing-val": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--val-cache", e.absent,
+                                                                    "--no-pem"),
                          r"absent\.npz: file not found"),
     "maml-corrupt-val": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--val-cache", e.random, "--no-pem"),
                          r"random\.npz: not a readable \.npz"),
@@ -190,13 +228,16 @@ CASES = {
     "maml-val-fewer-classes-than-ways": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--val-cache",
                                                                                 e.val_2, "--no-pem"),
                                          "need 3 classes .* this split has 2"),
-    "maml-pem-as-many-clusters-as-ways": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--pem-k", "2"),
+    "maml-pem-as-many-clusters-as-ways": ("maml.train", lambda e, o: maml_caches_args(e, o, None,
+                                                                                      "--pem-candidates", "2"),
                                           "PEM needs more clusters than ways: 3 clusters, --ways 3"),
     "maml-zero-meta-batch": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--meta-batch", "0"),
                              "argument --meta-batch: invalid positive_int value: '0'"),
     "maml-supervised-with-pem": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--supervised"),
                                  "--supervised .* add --no-pem"),
-    "maml-pem-k-too-large": ("maml.train", lambda e, o: maml_train_args(e, o, None, "--pem-k", "5"), "pem-k"),
+    "maml-pem-candidates-too-many": ("maml.train", lambda e, o: maml_caches_args(e, o, None,
+                                                                                 "--pem-candidates", "5"),
+                                     r"--pem-candidates 5 must be in 1\.\.2"),
     "test-missing-run": ("maml.test", lambda e, o: maml_test_args(e, o, e.root / "norun"),
                          "config.json: file not found"),
     "test-cfe-checkpoint": ("maml.test", lambda e, o: maml_test_args(e, o, e.run_cfe),
@@ -213,6 +254,12 @@ CASES = {
                           "integer 'label'"),
     "test-on-train-cache": ("maml.test", lambda e, o: maml_test_args(e, o, None, "--cache", e.cache),
                             "is the run's training split"),
+    "test-run-without-test-cache": ("maml.test", lambda e, o: maml_test_args(e, o, e.run_no_test),
+                                    r"run_no_test: the run has no test cache .*pass --cache"),
+    "test-run-without-val-cache": ("maml.test", lambda e, o: maml_test_args(e, o, None, "--split", "val"),
+                                   r"run: the run has no val cache .*pass --cache"),
+    "test-unknown-split": ("maml.test", lambda e, o: maml_test_args(e, o, None, "--split", "train"),
+                           "argument --split: invalid choice: 'train'"),
     "test-zero-tasks": ("maml.test", lambda e, o: maml_test_args(e, o, None, "--tasks", "0"),
                         "argument --tasks: invalid positive_int value: '0'"),
     "datasets-unknown-name": ("fewshot.datasets", lambda e, o: ["nosuch", "--out", o],

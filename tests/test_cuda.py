@@ -1,5 +1,8 @@
 """The CUDA code paths: each stage runs on a GPU, repeats itself bit for bit there (same seed, and resumed against
-uninterrupted), and computes what it computes on the CPU. Skipped on machines without CUDA (CI has none)."""
+uninterrupted), and computes what it computes on the CPU. Skipped on machines without CUDA (CI has none).
+
+Interruptions are made as the CPU tests make them: a cfe run rewound to a mid-run snapshot (tests/cfe/test_train.py
+stopped_after), a maml run trained for fewer --epochs and then resumed with more."""
 
 import json
 
@@ -9,12 +12,15 @@ import torch
 
 from cfe import encode
 from cfe import train as cfe_train
-from cfe.model import CFE
+from cfe.model import CFE, load_cfe
 from fewshot.checkpoint import load_checkpoint
+from fewshot.io import read_jsonl
+from tests.cfe.test_train import EPOCHS as CFE_EPOCHS
 from tests.cfe.test_train import args as cfe_args
-from tests.conftest import TINY_CFE
+from tests.cfe.test_train import stopped_after
+from tests.conftest import TINY_CFE, assert_same
 from tests.maml.test_maml import meta_grad, tiny_problem
-from tests.maml.test_train import assert_same, load, toy_caches
+from tests.maml.test_train import load, toy_caches
 from tests.maml.test_train import run as maml_run
 
 pytestmark = [pytest.mark.gpu,
@@ -25,19 +31,24 @@ CUDA = ("--device", "cuda")  # appended to the CPU tests' command lines: argpars
 
 
 def test_cfe_train_on_cuda_resumes_bit_identically(images_only, tmp_path):
-    whole, again, halted = tmp_path / "whole", tmp_path / "again", tmp_path / "halted"
+    whole, again = tmp_path / "whole", tmp_path / "again"
     cfe_train.main(cfe_args(images_only, whole, *CUDA))
     cfe_train.main(cfe_args(images_only, again, *CUDA))
-    cfe_train.main(cfe_args(images_only, halted, "--halt-after", 1, *CUDA))
-    cfe_train.main(cfe_args(images_only, halted, "--resume", *CUDA))
+    # the run as it stood right after epoch 2 (its snapshot as last.pt), resumed from there
+    stopped = stopped_after(whole, 2, tmp_path / "stopped")
+    assert load_checkpoint(stopped / "checkpoints" / "last.pt", "cfe")["epoch"] == 2 < CFE_EPOCHS
+    cfe_train.main(cfe_args(images_only, stopped, "--resume", *CUDA))
+    assert [r["resumed"] for r in read_jsonl(stopped / "invocations.jsonl")] == [False, True]
     a = load_checkpoint(whole / "checkpoints" / "last.pt", "cfe")
-    for other in (again, halted):
+    assert a["epoch"] == CFE_EPOCHS
+    for other in (again, stopped):
         b = load_checkpoint(other / "checkpoints" / "last.pt", "cfe")
-        assert_same(a["model"], b["model"], f"{other.name}/model")
-        assert_same(a["optimizer"], b["optimizer"], f"{other.name}/optimizer")
+        assert b["epoch"] == CFE_EPOCHS
+        for key in ("model", "optimizer", "scheduler"):
+            assert_same(a[key], b[key], f"{other.name}/{key}")
     assert a["config"]["device"] == "cuda"
     # a GPU-trained checkpoint embeds on a machine without one
-    assert cfe_train.load_cfe(whole / "checkpoints" / "last.pt", "cpu").queue.device.type == "cpu"
+    assert load_cfe(whole / "checkpoints" / "last.pt", "cpu").queue.device.type == "cpu"
 
 
 def test_cfe_forward_on_cuda_matches_cpu(prepared):
@@ -62,12 +73,16 @@ def caches(tmp_path_factory):
 
 
 def test_maml_train_and_test_on_cuda_repeat_bit_identically(caches, tmp_path, run_main):
-    whole, halted = tmp_path / "whole", tmp_path / "halted"
-    for out, extra in ((whole, []), (halted, ["--halt-after", "1"]), (halted, ["--resume"])):
-        maml_run(caches, out, *extra, *CUDA)
-    a, b = load(whole), load(halted)
+    whole, shorter = tmp_path / "whole", tmp_path / "shorter"
+    maml_run(caches, whole, *CUDA)  # 3 epochs, PEM from epoch 2
+    maml_run(caches, shorter, "--epochs", 1, *CUDA)
+    assert load(shorter)["epoch"] == 1
+    maml_run(caches, shorter, "--resume", *CUDA)  # grows to the 3 epochs of the whole run
+    a, b = load(whole), load(shorter)
+    assert a["epoch"] == b["epoch"] == 3
     for key in ("model", "eval_model", "optimizer", "best_acc", "selection"):
         assert_same(a[key], b[key], key)
+    assert [r["pem_rebuilt_batches"] for r in read_jsonl(whole / "metrics.jsonl")] == [0, 3, 3]
     assert a["config"]["device"] == "cuda"
     results = []
     for _ in range(2):

@@ -17,8 +17,9 @@ import torch
 
 from cfe import encode as cfe_encode
 from cfe import train as cfe_train
-from fewshot.data import encoded_path, load_array, load_split, prepared_path, write_split
+from fewshot.data import load_array, load_split, prepared_path, write_split
 from maml import train as maml_train
+from tests.conftest import assert_same
 
 NAME, SIDE, K, DIM = "leak", 28, 10, 16
 
@@ -47,21 +48,31 @@ def synthetic_splits(seed=0) -> dict:
     return {"train": split(0, 20, 20), "val": split(100, 6, 10), "test": split(200, 6, 10)}
 
 
+def encoded(caches: Path) -> dict:
+    """{train, val, test, train_clusters, train_emb: path} as cfe.encode's encode.json names them."""
+    doc = json.loads((caches / "encode.json").read_text())
+    assert doc["dataset"] == NAME and doc["dim"] == DIM and doc["clusters"] == K
+    assert set(doc["caches"]) == {"train", "val", "test", "train_clusters", "train_emb"}
+    return {s: caches / name for s, name in doc["caches"].items()}
+
+
 def pipeline(data: Path, runs: Path) -> dict:
+    """cfe.train (4 BatchNorm splits, the default), then twice cfe.encode -> maml.train --caches (PEM on):
+    plain, and with --knn-smooth 2 --partitions 2 ("-p2"). Returns {"": caches, "-p2": caches} (see encoded)."""
     common = ["--threads", "1", "--device", "cpu", "--seed", "3"]
     cfe_train.main(["--data", str(prepared_path(data, NAME, "train")), "--out", str(runs / "cfe"), "--epochs", "2",
                     "--batch-size", "64", "--queue-size", "256", "--hidden", "16", "--dim", str(DIM), *common])
+    caches = {}
     for name, extra in (("", []), ("-p2", ["--knn-smooth", "2", "--partitions", "2"])):
         cfe_encode.main(["--checkpoint", str(runs / "cfe/checkpoints/last.pt"), "--data-dir", str(data),
-                         "--dataset", NAME, "--out", str(runs / f"caches{name}"), "--k", str(K),
+                         "--dataset", NAME, "--out", str(runs / f"caches{name}"), "--clusters", str(K),
                          "--min-cluster-size", "20", "--niter", "20", *extra, *common])
-        maml_train.main(["--train-cache", str(encoded_path(runs / f"caches{name}", NAME, DIM, K, "train")),
-                         "--val-cache", str(encoded_path(runs / f"caches{name}", NAME, DIM, K, "val")),
-                         "--out", str(runs / f"maml{name}"), "--epochs", "2", "--batches-per-epoch", "3",
-                         "--meta-batch", "2", "--hidden", "8", "--pem-warmup", "0", "--pem-eta", "0", "--pem-k", "3",
+        caches[name] = encoded(runs / f"caches{name}")
+        maml_train.main(["--caches", str(runs / f"caches{name}"), "--out", str(runs / f"maml{name}"),
+                         "--epochs", "2", "--batches-per-epoch", "3", "--meta-batch", "2", "--hidden", "8",
+                         "--pem-warmup", "0", "--pem-eta", "0", "--pem-candidates", "3",
                          "--val-tasks", "5", "--val-steps", "1", *common])
-    return {s: encoded_path(runs / "caches", NAME, DIM, K, s)
-            for s in ("train", "val", "test", "train_clusters", "train_emb")}
+    return caches
 
 
 def ckpt(path):
@@ -69,9 +80,9 @@ def ckpt(path):
 
 
 def assert_same_state(a: dict, b: dict, what: str):
-    assert a.keys() == b.keys(), what
-    for k in a:
-        assert torch.equal(a[k], b[k]), f"{what}: {k} differs"
+    """Equal keys and bit-identical tensors, nested dicts and lists (optimizer states) included."""
+    assert isinstance(a, dict) and a, f"{what}: nothing to compare"
+    assert_same(a, b, what)
 
 
 def run_copy(root: Path, splits: dict, train_y: np.ndarray) -> tuple:
@@ -104,12 +115,17 @@ def replaced_labels(true_y: np.ndarray, how: str) -> np.ndarray:
 @pytest.mark.parametrize("how", ["permuted", "other classes"])
 def test_replacing_train_labels_changes_nothing_but_diagnostics(true_run, tmp_path, how):
     """Not marked slow (a few seconds): it is the one proof that training never reads the train split's truth."""
-    splits, (a, ca) = true_run
-    b, cb = run_copy(tmp_path, splits, replaced_labels(splits["train"][1], how))
+    splits, (a, caches_a) = true_run
+    b, caches_b = run_copy(tmp_path, splits, replaced_labels(splits["train"][1], how))
+    ca, cb = caches_a[""], caches_b[""]
 
-    # CFE: final weights (and queue), optimizer state
+    # CFE: final weights (and queue), optimizer and schedule state
     ka, kb = ckpt(a / "cfe/checkpoints/last.pt"), ckpt(b / "cfe/checkpoints/last.pt")
     assert_same_state(ka["model"], kb["model"], "cfe model")
+    assert_same_state(ka["optimizer"], kb["optimizer"], "cfe optimizer")
+    assert_same_state(ka["scheduler"], kb["scheduler"], "cfe scheduler")
+    assert ka["optimizer"]["state"], "no momentum buffers to compare"
+    assert ka["arch"]["bn_splits"] == 4  # the default: one loss per BatchNorm split
     assert ka["epoch"] == kb["epoch"] == 2
 
     # pseudo-labels: images, cluster labels and source rows of the train cache; centres; embeddings
@@ -125,20 +141,30 @@ def test_replacing_train_labels_changes_nothing_but_diagnostics(true_run, tmp_pa
         va, vb = load_split(ca[s]), load_split(cb[s])
         assert np.array_equal(va.X, vb.X) and np.array_equal(va.cluster_label, vb.cluster_label)
 
-    # MAML + PEM (PEM rebuilt every meta-batch: warm-up 0, eta 0)
+    # MAML + PEM (PEM rebuilt every meta-batch: warm-up 0, eta 0), on the caches encode.json names
     ma, mb = ckpt(a / "maml/checkpoints/last.pt"), ckpt(b / "maml/checkpoints/last.pt")
+    assert ma["config"]["train_cache"] == str(ca["train"]) and ma["config"]["centres"] == str(ca["train_clusters"])
+    assert ma["config"]["val_cache"] == str(ca["val"])
     assert_same_state(ma["model"], mb["model"], "maml model")
     assert_same_state(ma["eval_model"], mb["eval_model"], "maml eval model")
+    assert_same_state(ma["optimizer"], mb["optimizer"], "maml optimizer")
+    assert ma["best_acc"] == mb["best_acc"]
     rows = [json.loads(line) for line in (a / "maml/metrics.jsonl").read_text().splitlines()]
     assert [r["pem_rebuilt_batches"] for r in rows] == [3, 3]
 
     # the variant: smoothed embedding, two partitions side by side in the train cache, MAML + PEM on them
-    pa, pb = (np.load(encoded_path(r / "caches-p2", NAME, DIM, K, "train")) for r in (a, b))
+    pa, pb = (np.load(c["-p2"]["train"]) for c in (caches_a, caches_b))
     for key in ("X", "cluster_label", "index", "partition"):
         assert np.array_equal(pa[key], pb[key]), key
     assert set(pa["partition"].tolist()) == {0, 1} and not np.array_equal(pa["Y"], pb["Y"])
+    assert np.array_equal(load_array(caches_a["-p2"]["train_clusters"], "cluster_centers"),
+                          load_array(caches_b["-p2"]["train_clusters"], "cluster_centers"))
     ma, mb = ckpt(a / "maml-p2/checkpoints/last.pt"), ckpt(b / "maml-p2/checkpoints/last.pt")
+    assert ma["config"]["train_cache"] == str(caches_a["-p2"]["train"])
     assert_same_state(ma["model"], mb["model"], "maml model (partitions)")
+    assert_same_state(ma["eval_model"], mb["eval_model"], "maml eval model (partitions)")
+    rows = [json.loads(line) for line in (a / "maml-p2/metrics.jsonl").read_text().splitlines()]
+    assert [r["pem_rebuilt_batches"] for r in rows] == [3, 3]
 
     # only the diagnostics differ, and they must: the labels really were changed
     qa = json.loads((a / "caches/encode.json").read_text())["pseudo_label_quality"]

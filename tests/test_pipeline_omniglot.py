@@ -1,5 +1,6 @@
-"""End-to-end smoke run on a small subset of the real Omniglot cache: cfe.train -> cfe.encode -> maml.train (PEM)
--> maml.test. Skipped when the upstream omniglot.tar.xz is not available (set OMNIGLOT_SOURCE to it)."""
+"""End-to-end smoke run on a small subset of the real Omniglot cache: cfe.train -> cfe.encode -> maml.train --caches
+(PEM) -> maml.test on the run's test and val splits. Skipped when the upstream omniglot.tar.xz is not available
+(set OMNIGLOT_SOURCE to it)."""
 
 import json
 
@@ -8,7 +9,7 @@ import pytest
 
 from cfe import encode as cfe_encode
 from cfe import train as cfe_train
-from fewshot.data import encoded_path, load_split, prepared_path, write_split
+from fewshot.data import load_split, prepared_path, write_split
 from fewshot.omniglot import extract_cache_archive
 from maml import test as maml_test
 from maml import train as maml_train
@@ -35,20 +36,23 @@ def test_omniglot_subset_end_to_end(tmp_path):
     cfe_train.main(["--data", str(prepared_path(data, "omniglot", "train")), "--out", str(runs / "cfe"),
                     "--epochs", "1", "--batch-size", "256", "--queue-size", "1024", "--hidden", "32", *common])
     cfe_encode.main(["--checkpoint", str(runs / "cfe/checkpoints/last.pt"), "--data-dir", str(data),
-                     "--dataset", "omniglot", "--out", str(runs / "caches"), "--k", str(K), "--niter", "20", *common])
-    caches = {s: encoded_path(runs / "caches", "omniglot", 64, K, s) for s in ("train", "val", "test")}
-    maml_train.main(["--train-cache", str(caches["train"]), "--val-cache", str(caches["val"]),
-                     "--out", str(runs / "maml"), "--epochs", "2", "--batches-per-epoch", "4", "--meta-batch", "4",
-                     "--hidden", "32", "--pem-warmup", "1", "--pem-eta", "0", "--val-tasks", "20", "--val-steps", "3",
+                     "--dataset", "omniglot", "--out", str(runs / "caches"), "--clusters", str(K), "--niter", "20",
                      *common])
+    encoded = json.loads((runs / "caches/encode.json").read_text())
+    assert (encoded["dataset"], encoded["dim"], encoded["clusters"]) == ("omniglot", 64, K)
+    caches = {s: runs / "caches" / name for s, name in encoded["caches"].items()}
+    assert set(caches) == {"train", "val", "test", "train_clusters", "train_emb"}
+    maml_train.main(["--caches", str(runs / "caches"), "--out", str(runs / "maml"), "--epochs", "2",
+                     "--batches-per-epoch", "4", "--meta-batch", "4", "--hidden", "32", "--pem-warmup", "1",
+                     "--pem-eta", "0", "--val-tasks", "20", "--val-steps", "3", *common])
     maml_test.main(["--run", str(runs / "maml"), "--tasks", "100", "--steps", "5", *common])
+    maml_test.main(["--run", str(runs / "maml"), "--split", "val", "--tasks", "20", "--steps", "5", *common])
 
     expected = ["cfe/config.json", "cfe/metrics.jsonl", "cfe/checkpoints/last.pt", "cfe/checkpoints/epoch_0001.pt",
                 "caches/encode.json", "caches/config.json", "maml/config.json", "maml/metrics.jsonl",
-                "maml/checkpoints/last.pt", "maml/checkpoints/best.pt", "maml/results/test_5w1s.json"]
+                "maml/checkpoints/last.pt", "maml/checkpoints/best.pt", "maml/results/test_5w1s.json",
+                "maml/results/val_5w1s.json"]
     expected += [str(p.relative_to(runs)) for p in caches.values()]
-    expected += [str(encoded_path(runs / "caches", "omniglot", 64, K, s).relative_to(runs))
-                 for s in ("train_clusters", "train_emb")]
     missing = [p for p in expected if not (runs / p).is_file()]
     assert not missing, missing
 
@@ -63,6 +67,16 @@ def test_omniglot_subset_end_to_end(tmp_path):
     assert isinstance(res["accuracy"], float) and 0.2 < res["accuracy"] <= 1.0, res["accuracy"]
     assert res["tasks"] == 100 and res["ci95"] > 0
     assert res["model_selection"] == "best val accuracy"
+    assert res["split"] == "test" and res["cache"] == str(caches["test"])
+    val = json.loads((runs / "maml/results/val_5w1s.json").read_text())
+    assert val["split"] == "val" and val["cache"] == str(caches["val"]) and val["tasks"] == 20
+    assert 0.2 < val["accuracy"] <= 1.0, val["accuracy"]
+    assert not list((runs / "maml/results").glob("*.partial.json"))  # removed once a test completes
+    cfg = json.loads((runs / "maml/config.json").read_text())
+    assert cfg["dataset"] == "omniglot"
+    assert {k: cfg[k] for k in ("train_cache", "val_cache", "test_cache", "centres")} == {
+        "train_cache": str(caches["train"]), "val_cache": str(caches["val"]), "test_cache": str(caches["test"]),
+        "centres": str(caches["train_clusters"])}
     metrics = [json.loads(line) for line in (runs / "maml/metrics.jsonl").read_text().splitlines()]
     assert [m["pem_rebuilt_batches"] for m in metrics] == [0, 4]
     quality = json.loads((runs / "caches/encode.json").read_text())["pseudo_label_quality"]

@@ -1,121 +1,221 @@
-"""cfe.train: an interrupted and resumed run ends bit-identical to an uninterrupted one; reruns into an existing
-run folder need --resume with the same settings; a non-finite loss stops the run with a clear error."""
+"""cfe.train: a run killed with SIGKILL and resumed ends bit-identical to an uninterrupted one; the cosine schedule
+is the library's and equals moco's formula; reruns into an existing run folder need --resume with the same
+settings; bad settings and a non-finite loss stop the run with a clear error."""
 
 import json
+import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from cfe import train
-from cfe.train import cosine_lr, load_cfe
+from cfe.model import load_cfe
 from fewshot.checkpoint import load_checkpoint
 from fewshot.errors import UserError
 from fewshot.io import read_jsonl
-from tests.conftest import files_under
+from tests.conftest import assert_same, files_under, run_and_kill
 
-EPOCHS = 3
+EPOCHS = 4
+CHECKPOINT_KEYS = {"kind", "arch", "model", "optimizer", "scheduler", "epoch", "config", "provenance"}
 
 
 def args(data, out, *extra):
-    # 800 images, batch 64: 12 steps per epoch; a 256-key queue wraps around within the first epoch
+    # 800 images, batch 64 in the default 4 BatchNorm splits: 12 steps per epoch; a 256-key queue wraps around
+    # within the first epoch
     return ["--data", str(data), "--out", str(out), "--epochs", str(EPOCHS), "--batch-size", "64",
             "--queue-size", "256", "--hidden", "8", "--dim", "16", "--save-every", "2", "--device", "cpu",
             "--threads", "1", *map(str, extra)]
 
 
+def last(run) -> dict:
+    return load_checkpoint(Path(run) / "checkpoints" / "last.pt", "cfe")
+
+
+def stopped_after(run, epoch, dest) -> Path:
+    """The folder that the finished `run`'s command, given --out dest, leaves when it is stopped right after
+    `epoch`: a copy of `run` with that epoch's snapshot (the same state its last.pt held then) as last.pt, no later
+    snapshot or metrics row, and dest as the recorded --out."""
+    shutil.copytree(run, dest)
+    ckpts = dest / "checkpoints"
+    shutil.copyfile(ckpts / f"epoch_{epoch:04d}.pt", ckpts / "last.pt")
+    for p in ckpts.glob("epoch_*.pt"):
+        if int(p.stem.split("_")[1]) > epoch:
+            p.unlink()
+    rows = [r for r in read_jsonl(dest / "metrics.jsonl") if r["epoch"] <= epoch]
+    (dest / "metrics.jsonl").write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    config = json.loads((dest / "config.json").read_text())
+    (dest / "config.json").write_text(json.dumps({**config, "out": str(dest)}))
+    return dest
+
+
 @pytest.fixture(scope="module")
 def runs(images_only, tmp_path_factory):
+    """whole: uninterrupted; killed: SIGKILLed after its first checkpoint, then resumed (killed_at: its epoch then,
+    killed_rows: its metrics then)."""
     root = tmp_path_factory.mktemp("cfe_runs")
-    whole, halted = root / "whole", root / "halted"
+    whole, killed = root / "whole", root / "killed"
     train.main(args(images_only, whole))
-    train.main(args(images_only, halted, "--halt-after", 1))
-    after_halt = load_checkpoint(halted / "checkpoints" / "last.pt", "cfe")
-    train.main(args(images_only, halted, "--resume"))
-    return whole, halted, after_halt
+    run_and_kill("cfe.train", args(images_only, killed), killed / "checkpoints" / "last.pt")
+    killed_at = last(killed)["epoch"]
+    killed_rows = read_jsonl(killed / "metrics.jsonl")
+    train.main(args(images_only, killed, "--resume"))
+    return whole, killed, killed_at, killed_rows
 
 
-def test_halt_after_stops_with_a_checkpoint_of_that_epoch(runs):
-    _, _, after_halt = runs
-    assert after_halt["epoch"] == 1
-
-
-def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(runs):
-    whole, halted, after_halt = runs
-    a = load_checkpoint(whole / "checkpoints" / "last.pt", "cfe")
-    b = load_checkpoint(halted / "checkpoints" / "last.pt", "cfe")
+def test_a_killed_and_resumed_run_is_bit_identical_to_an_uninterrupted_one(runs):
+    whole, killed, killed_at, killed_rows = runs
+    assert 1 <= killed_at < EPOCHS  # the kill landed with epochs left to run
+    # nothing past the last checkpoint is kept: at most the epoch being saved when it died was logged beyond it
+    assert [r["epoch"] for r in killed_rows] in ([*range(1, killed_at + 1)], [*range(1, killed_at + 2)])
+    a, b = last(whole), last(killed)
+    assert set(a) == set(b) == CHECKPOINT_KEYS
     assert a["epoch"] == b["epoch"] == EPOCHS
-    assert a["model"].keys() == b["model"].keys()
-    for name in a["model"]:
-        assert torch.equal(a["model"][name], b["model"][name]), name
+    for key in ("arch", "model", "optimizer", "scheduler"):
+        assert_same(a[key], b[key], key)
     assert a["model"]["queue_ptr"].item() == (EPOCHS * 12 * 64) % 256
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
-    # and training did something: the weights moved away from the first epoch's
-    first_conv = "encoder_q.0.blocks.0.0.weight"
-    assert not torch.equal(a["model"][first_conv], after_halt["model"][first_conv])
+    # every epoch logged once, with the uninterrupted run's losses; no temporary file left behind
+    def logged(run):
+        return [{k: v for k, v in r.items() if k != "seconds"} for r in read_jsonl(run / "metrics.jsonl")]
+    assert logged(killed) == logged(whole)
+    assert [r["resumed"] for r in read_jsonl(killed / "invocations.jsonl")] == [False, True]
+    assert not [p for p in killed.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
 
 
-def test_metrics_log_has_each_epoch_once_and_snapshots_follow_save_every(runs):
-    whole, halted, _ = runs
-    for run in (whole, halted):
-        rows = read_jsonl(run / "metrics.jsonl")
-        assert [r["epoch"] for r in rows] == [1, 2, 3]
-        assert all(np.isfinite(r["loss"]) for r in rows)
-        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_0002.pt", "epoch_0003.pt", "last.pt"]
-    losses = [[r["loss"] for r in read_jsonl(run / "metrics.jsonl")] for run in (whole, halted)]
-    assert losses[0] == losses[1]
+def test_training_moves_the_weights_and_keeps_the_snapshots_save_every_asks_for(runs):
+    whole, _, _, _ = runs
+    first, final = (load_checkpoint(whole / "checkpoints" / f"epoch_{e:04d}.pt", "cfe") for e in (2, EPOCHS))
+    conv = "encoder_q.0.blocks.0.0.weight"
+    assert not torch.equal(first["model"][conv], final["model"][conv])
+    assert sorted(p.name for p in (whole / "checkpoints").iterdir()) == ["epoch_0002.pt", "epoch_0004.pt", "last.pt"]
+    rows = read_jsonl(whole / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in rows)
+
+
+def test_config_records_the_settings_and_provenance(runs):
+    whole, _, _, _ = runs
     cfg = json.loads((whole / "config.json").read_text())
-    assert cfg["batch_size"] == 64 and "git_commit" in cfg and "versions" in cfg
+    assert cfg["batch_size"] == 64 and cfg["bn_splits"] == 4 and "git_commit" in cfg and "versions" in cfg
+    ckpt = last(whole)
+    assert ckpt["config"]["image_shape"] == [28, 28, 1] and "git_commit" in ckpt["provenance"]
+
+
+def test_the_schedule_is_torchs_cosine_annealing_with_moco_values():
+    """CosineAnnealingLR stepped once per epoch with T_max = epochs gives moco's per-epoch cosine (main_moco.py
+    adjust_learning_rate with --cos): lr * 0.5 * (1 + cos(pi * epoch / epochs)); its state resumes it exactly."""
+    epochs, base = 10, 0.03
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], base)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    lrs = []
+    for _ in range(epochs):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    want = [base * 0.5 * (1 + math.cos(math.pi * e / epochs)) for e in range(epochs)]
+    assert lrs == pytest.approx(want, rel=1e-12, abs=1e-15)
+    assert lrs[0] == base and lrs[5] == pytest.approx(base / 2, rel=1e-12)
+
+
+def test_the_run_logs_the_cosine_rates_and_saves_the_schedule(runs):
+    whole, _, _, _ = runs
+    logged = [r["lr"] for r in read_jsonl(whole / "metrics.jsonl")]
+    assert logged == pytest.approx([0.03 * 0.5 * (1 + math.cos(math.pi * e / EPOCHS)) for e in range(EPOCHS)],
+                                   rel=1e-12)
+    sched = last(whole)["scheduler"]
+    assert sched["last_epoch"] == EPOCHS and sched["T_max"] == EPOCHS
 
 
 def test_checkpoint_loads_as_a_model(runs):
-    whole, _, _ = runs
+    whole, _, _, _ = runs
     model = load_cfe(whole / "checkpoints" / "last.pt")
-    assert not model.training and model.arch["dim"] == 16
+    assert not model.training and model.arch["dim"] == 16 and model.bn_splits == 4
     assert model.embed(torch.zeros(2, 1, 28, 28)).shape == (2, 16)
 
 
+def test_one_batchnorm_split_trains_another_model_and_cannot_resume_a_four_split_run(runs, images_only, tmp_path):
+    whole, _, _, _ = runs
+    one, four = tmp_path / "one", tmp_path / "four"
+    train.main(args(images_only, one, "--epochs", 1, "--bn-splits", 1))
+    train.main(args(images_only, four, "--epochs", 1))
+    a, b = last(one), last(four)
+    assert a["arch"]["bn_splits"] == 1 and load_cfe(one / "checkpoints" / "last.pt").bn_splits == 1
+    conv = "encoder_q.0.blocks.0.0.weight"
+    assert not torch.equal(a["model"][conv], b["model"][conv])  # the setting reaches the training step
+    before = files_under(whole)
+    with pytest.raises(UserError, match="differ .*: bn_splits"):
+        train.main(args(images_only, whole, "--bn-splits", 1, "--resume"))
+    assert files_under(whole) == before
+
+
 def test_rerun_into_an_existing_run_without_resume_is_refused(runs, images_only):
-    whole, _, _ = runs
+    whole, _, _, _ = runs
     before = files_under(whole)
     with pytest.raises(UserError, match="already holds a run; pass --resume"):
         train.main(args(images_only, whole))
     assert files_under(whole) == before
 
 
-def test_resume_with_other_settings_is_refused(runs, images_only):
-    whole, _, _ = runs
+@pytest.mark.parametrize("extra, changed", [
+    (["--lr", "0.1"], "lr"),
+    (["--epochs", EPOCHS + 2], "epochs"),  # the cosine schedule depends on it
+])
+def test_resume_with_other_settings_is_refused(runs, images_only, extra, changed):
+    whole, _, _, _ = runs
     before = files_under(whole)
-    with pytest.raises(UserError, match="differ .*lr"):
-        train.main(args(images_only, whole, "--resume", "--lr", "0.1"))
+    with pytest.raises(UserError, match=f"differ .*{changed}"):
+        train.main(args(images_only, whole, "--resume", *extra))
     assert files_under(whole) == before
 
 
-def test_resume_may_keep_snapshots_at_another_interval(runs, images_only, tmp_path):
-    whole, _, _ = runs
-    run = tmp_path / "run"
-    train.main(args(images_only, run, "--halt-after", 1))
+def test_resume_may_keep_snapshots_at_another_interval(runs, tmp_path, images_only):
+    whole, _, _, _ = runs
+    run = stopped_after(whole, 2, tmp_path / "run")
     train.main(args(images_only, run, "--resume", "--save-every", 3))  # the last --save-every wins
-    # every 3 epochs from the resume on (the final epoch always), not every 2: no epoch_0002.pt
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_0003.pt", "last.pt"]
+    # epoch 3 is a multiple of 3 (not of 2), epoch 4 the final one
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "epoch_0002.pt", "epoch_0003.pt", "epoch_0004.pt", "last.pt"]
     assert [row["save_every"] for row in read_jsonl(run / "invocations.jsonl")] == [2, 3]
-    a = load_checkpoint(whole / "checkpoints" / "last.pt", "cfe")["model"]
-    b = load_checkpoint(run / "checkpoints" / "last.pt", "cfe")["model"]
-    assert all(torch.equal(a[name], b[name]) for name in a)  # the interval changes no result
+    assert_same(last(whole)["model"], last(run)["model"])  # the interval changes no result
+
+
+def test_a_run_killed_between_its_final_writes_resumes_to_its_final_snapshot(runs, images_only, tmp_path,
+                                                                            monkeypatch):
+    whole, _, _, _ = runs
+    run = stopped_after(whole, 2, tmp_path / "run")
+    save = train.save_checkpoint
+
+    def killed_at_the_final_last_pt(path, kind, **state):
+        if path.name == "last.pt" and state["epoch"] == EPOCHS:
+            raise KeyboardInterrupt
+        save(path, kind, **state)
+
+    monkeypatch.setattr(train, "save_checkpoint", killed_at_the_final_last_pt)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(args(images_only, run, "--resume"))
+    monkeypatch.setattr(train, "save_checkpoint", save)
+    assert last(run)["epoch"] == EPOCHS - 1
+    train.main(args(images_only, run, "--resume"))  # redoes the final epoch from the previous last.pt
+    final = load_checkpoint(run / "checkpoints" / f"epoch_{EPOCHS:04d}.pt", "cfe")
+    for other in (last(run), last(whole)):
+        assert_same(final["model"], other["model"])
+        assert_same(final["optimizer"], other["optimizer"])
+
+
+def test_resume_of_a_checkpoint_without_the_schedule_is_a_clear_error(runs, images_only, tmp_path):
+    whole, _, _, _ = runs
+    run = stopped_after(whole, 2, tmp_path / "run")
+    ckpt = last(run)
+    del ckpt["scheduler"]
+    torch.save(ckpt, run / "checkpoints" / "last.pt")
+    with pytest.raises(UserError, match="cfe checkpoint without 'scheduler'"):
+        train.main(args(images_only, run, "--resume"))
 
 
 def test_step_settings_below_one_are_refused():
     with pytest.raises(UserError, match="must be >= 1"):
         train.check_step_settings(0, 8, 1)
-
-
-def test_resume_with_more_epochs_is_refused_as_it_would_change_the_schedule(runs, images_only):
-    whole, _, _ = runs
-    before = files_under(whole)
-    with pytest.raises(UserError, match="differ .*epochs"):
-        train.main(args(images_only, whole, "--resume", "--epochs", EPOCHS + 2))
-    assert files_under(whole) == before
 
 
 def test_non_finite_loss_is_a_clear_error(images_only, tmp_path, monkeypatch):
@@ -126,31 +226,18 @@ def test_non_finite_loss_is_a_clear_error(images_only, tmp_path, monkeypatch):
     assert "checkpoint" not in str(caught.value)  # none to point to yet
 
 
-def test_a_run_killed_between_its_final_writes_resumes_to_its_final_snapshot(runs, images_only, tmp_path,
-                                                                            monkeypatch):
-    whole, _, _ = runs
-    run, save = tmp_path / "run", train.save_checkpoint
-
-    def killed_at_the_final_last_pt(path, kind, **state):
-        if path.name == "last.pt" and state["epoch"] == EPOCHS:
-            raise KeyboardInterrupt
-        save(path, kind, **state)
-
-    monkeypatch.setattr(train, "save_checkpoint", killed_at_the_final_last_pt)
-    with pytest.raises(KeyboardInterrupt):
-        train.main(args(images_only, run))
-    monkeypatch.setattr(train, "save_checkpoint", save)
-    train.main(args(images_only, run, "--resume"))  # redoes the final epoch from the previous last.pt
-    final = load_checkpoint(run / "checkpoints" / f"epoch_{EPOCHS:04d}.pt", "cfe")["model"]
-    for ckpt in (run / "checkpoints" / "last.pt", whole / "checkpoints" / "last.pt"):
-        other = load_checkpoint(ckpt, "cfe")["model"]
-        assert all(torch.equal(final[name], other[name]) for name in final)
+def test_defaults_are_the_papers_and_removed_options_are_gone():
+    parsed = train.get_parser().parse_args(["--data", "x", "--out", "y"])
+    assert (parsed.bn_splits, parsed.queue_size, parsed.batch_size, parsed.epochs) == (4, 16384, 256, 200)
+    assert (parsed.lr, parsed.temperature, parsed.key_momentum, parsed.dim) == (0.03, 0.2, 0.999, 64)
+    for gone in ("--per-split-loss", "--crop", "--halt-after", "--no-cos"):
+        with pytest.raises(SystemExit):
+            train.get_parser().parse_args(["--data", "x", "--out", "y", gone])
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--batch-size", 300], "must not exceed --queue-size"),
     (["--bn-splits", 3], "must be >= 1 and divide --batch-size 64"),
-    (["--per-split-loss"], "--per-split-loss needs --bn-splits of 2 or more"),
     (["--batch-size", 1024, "--queue-size", 1024], "800 images, fewer than one batch"),
 ])
 def test_impossible_settings_are_refused_before_the_run_folder_exists(images_only, tmp_path, extra, message):
@@ -175,57 +262,6 @@ def test_impossible_rates_are_usage_errors_before_anything_is_written(images_onl
     assert info.value.code == 2
     assert f"argument {option}: invalid {kind} value: '{value}'" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
-
-
-def test_cosine_schedule():
-    assert cosine_lr(0.03, 0, 10) == pytest.approx(0.03)
-    assert cosine_lr(0.03, 5, 10) == pytest.approx(0.015)
-    assert cosine_lr(0.03, 10, 10) == pytest.approx(0.0, abs=1e-12)
-    assert cosine_lr(0.03, 7, 10, cos=False) == 0.03
-
-
-def test_split_batchnorm_run_resumes_bit_identically_and_loads(images_only, tmp_path):
-    whole, halted = tmp_path / "whole", tmp_path / "halted"
-    train.main(args(images_only, whole, "--epochs", 2, "--bn-splits", 4))
-    train.main(args(images_only, halted, "--epochs", 2, "--bn-splits", 4, "--halt-after", 1))
-    train.main(args(images_only, halted, "--epochs", 2, "--bn-splits", 4, "--resume"))
-    a = load_checkpoint(whole / "checkpoints" / "last.pt", "cfe")
-    b = load_checkpoint(halted / "checkpoints" / "last.pt", "cfe")
-    for name in a["model"]:
-        assert torch.equal(a["model"][name], b["model"][name]), name
-    assert load_cfe(whole / "checkpoints" / "last.pt").bn_splits == 4
-    with pytest.raises(UserError, match="differ .*: bn_splits"):
-        train.main(args(images_only, halted, "--epochs", 2, "--bn-splits", 2, "--resume"))
-
-
-def test_crop_mode_is_recorded_and_older_runs_resume_as_clamped(images_only, tmp_path):
-    tv, old = tmp_path / "tv", tmp_path / "old"
-    train.main(args(images_only, tv, "--epochs", 2, "--halt-after", 1, "--crop", "torchvision"))
-    assert json.loads((tv / "config.json").read_text())["crop"] == "torchvision"
-    with pytest.raises(UserError, match="differ .*: crop"):
-        train.main(args(images_only, tv, "--epochs", 2, "--resume"))  # the default, clamped
-    # a run folder written before --crop existed used the clamped boxes, so it resumes with the default
-    train.main(args(images_only, old, "--epochs", 2, "--halt-after", 1))
-    a, b = (load_checkpoint(r / "checkpoints" / "last.pt", "cfe")["model"] for r in (tv, old))
-    assert not all(torch.equal(a[k], b[k]) for k in a)  # the crop mode reaches the training step
-    cfg = json.loads((old / "config.json").read_text())
-    del cfg["crop"]
-    (old / "config.json").write_text(json.dumps(cfg))
-    train.main(args(images_only, old, "--epochs", 2, "--resume"))
-    with pytest.raises(UserError, match="differ .*: crop"):
-        train.main(args(images_only, old, "--epochs", 2, "--crop", "torchvision", "--resume"))
-
-
-def test_per_split_loss_is_in_the_checkpoint_and_changes_training(images_only, tmp_path):
-    split, whole = tmp_path / "split", tmp_path / "whole"
-    train.main(args(images_only, split, "--epochs", 1, "--bn-splits", 4, "--per-split-loss"))
-    train.main(args(images_only, whole, "--epochs", 1, "--bn-splits", 4))
-    a, b = (load_checkpoint(r / "checkpoints" / "last.pt", "cfe") for r in (split, whole))
-    assert a["arch"]["per_split_loss"] is True and "per_split_loss" not in b["arch"]
-    assert load_cfe(split / "checkpoints" / "last.pt").loss_groups == 4
-    assert not all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    with pytest.raises(UserError, match="differ .*: per_split_loss"):
-        train.main(args(images_only, whole, "--epochs", 1, "--bn-splits", 4, "--per-split-loss", "--resume"))
 
 
 def test_progress_bar_is_not_redrawn_every_step(images_only, tmp_path, capsys):

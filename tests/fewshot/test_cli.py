@@ -33,7 +33,7 @@ def test_every_option_has_help_and_one_default(module):
 
 def test_help_shows_defaults_that_are_set():
     text = " ".join(parser_of("maml.test").format_help().split())  # argparse wraps lines
-    assert "test tasks to sample (default: 1000)" in text
+    assert "tasks to sample (default: 1000)" in text
     assert "adaptation steps (default: 50)" in text
 
 

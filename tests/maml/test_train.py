@@ -1,29 +1,33 @@
-"""maml.train: an interrupted and resumed run equals an uninterrupted one bit for bit (PEM on), PEM adapts the
-evaluation model of the previous epoch's end, the train cache's true labels are not needed, the first-order
-option trains, and best.pt holds the epoch of highest val accuracy."""
+"""maml.train: a run killed mid-way (SIGKILL) and resumed equals an uninterrupted one bit for bit (PEM on), PEM
+adapts the evaluation model of the previous epoch's end, the caches come from encode.json or explicit options, the
+train cache's true labels are not needed, the first-order option trains, and best.pt holds the epoch of highest
+val accuracy."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import maml.pem
 from fewshot.data import load_split, write_split
 from fewshot.errors import UserError
-from fewshot.io import read_jsonl, save_npz
+from fewshot.io import read_jsonl, save_json, save_npz
 from fewshot.runtime import seed_everything
-from maml import test as maml_test
 from maml import train as maml_train
 from maml.maml import MAMLNet
-from tests.conftest import file_bytes, files_under
+from maml.selection import budget_snapshot
+from tests.conftest import assert_same, file_bytes, files_under, run_and_kill
+from tests.maml.conftest import write_encode_json
 
 SIDE, N_CLUSTERS, PER_CLUSTER = 16, 10, 12
 
 
 def toy_caches(root: Path, seed=0) -> dict:
-    """Pseudo-labelled train cache + centres and a labelled val cache, named as cfe.encode names them.
-    Images are a class prototype plus noise, so there is something to learn."""
+    """Pseudo-labelled train cache + centres and a labelled val cache, which root/encode.json names as cfe.encode
+    does ("dir": root). Images are a class prototype plus noise, so there is something to learn."""
     rng = np.random.default_rng(seed)
 
     def images(n_classes, per_class):
@@ -34,13 +38,13 @@ def toy_caches(root: Path, seed=0) -> dict:
 
     x, pseudo = images(N_CLUSTERS, PER_CLUSTER)
     true = rng.permutation(len(pseudo)) % 7  # hidden truth: never read by maml.train (a cache without it trains)
-    paths = {"train": root / f"toy_64_K_{N_CLUSTERS}_train.npz", "val": root / f"toy_64_K_{N_CLUSTERS}_val.npz",
-             "clusters": root / f"toy_64_K_{N_CLUSTERS}_train_clusters.npz"}
+    paths = {"train": root / "a_train.npz", "val": root / "a_val.npz", "clusters": root / "a_centres.npz"}
     write_split(paths["train"], x, true, cluster_label=pseudo, index=np.arange(len(x)))
     save_npz(paths["clusters"], cluster_centers=rng.normal(size=(N_CLUSTERS, 8)).astype(np.float32))
     xv, yv = images(6, 8)
     write_split(paths["val"], xv, yv + 100, cluster_label=yv + 100)
-    return paths
+    write_encode_json(root, train="a_train.npz", val="a_val.npz", train_clusters="a_centres.npz")
+    return {**paths, "dir": root}
 
 
 @pytest.fixture(scope="module")
@@ -48,31 +52,24 @@ def caches(tmp_path_factory):
     return toy_caches(tmp_path_factory.mktemp("toy"))
 
 
+def cache_args(caches) -> list:
+    """--caches DIR when `caches` has a "dir", else the explicit caches it names (train, and val, clusters)."""
+    if "dir" in caches:
+        return ["--caches", caches["dir"]]
+    named = [("--train-cache", "train"), ("--val-cache", "val"), ("--centres", "clusters")]
+    return [a for option, key in named if caches.get(key) for a in (option, caches[key])]
+
+
+SMALL = ["--epochs", "3", "--batches-per-epoch", "3", "--meta-batch", "2", "--hidden", "8", "--pem-warmup", "1",
+         "--pem-eta", "0", "--val-tasks", "5", "--val-steps", "1", "--threads", "1", "--device", "cpu"]
+
+
 def run(caches, out, *extra):
-    maml_train.main(["--train-cache", str(caches["train"]), "--val-cache", str(caches["val"]), "--out", str(out),
-                     "--epochs", "3", "--batches-per-epoch", "3", "--meta-batch", "2", "--hidden", "8",
-                     "--pem-warmup", "1", "--pem-eta", "0", "--val-tasks", "5", "--val-steps", "1",
-                     "--threads", "1", "--device", "cpu", *map(str, extra)])
+    maml_train.main([*map(str, cache_args(caches)), "--out", str(out), *SMALL, *map(str, extra)])
 
 
 def load(out, name="last"):
     return torch.load(Path(out) / "checkpoints" / f"{name}.pt", map_location="cpu", weights_only=True)
-
-
-def assert_same(a, b, where=""):
-    """Recursive bit-for-bit equality of checkpoint contents (tensors, dicts, lists, numbers)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for k in a:
-            assert_same(a[k], b[k], f"{where}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 def init_state(hidden=8, n_way=5, seed=0):
@@ -87,30 +84,52 @@ def straight(caches, tmp_path_factory):
     return out
 
 
-def test_resume_is_bit_identical(caches, straight, tmp_path):
+KILL_RUN = ["--epochs", "12", "--batches-per-epoch", "2", "--meta-batch", "2", "--hidden", "8", "--pem-warmup", "2",
+            "--pem-eta", "0.5", "--val-tasks", "3", "--val-steps", "1", "--save-every", "0", "--threads", "1",
+            "--device", "cpu"]
+
+
+def test_a_run_killed_mid_run_resumes_to_the_uninterrupted_result(caches, tmp_path):
+    """A real interruption: `python -m maml.train` is SIGKILLed (no chance to clean up) as soon as its first
+    last.pt exists, with epochs left to run; `--resume` then ends where an uninterrupted run ends, bit for bit."""
+    argv = [*map(str, cache_args(caches)), *KILL_RUN]
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    maml_train.main([*argv, "--out", str(whole)])
+    run_and_kill("maml.train", [*argv, "--out", killed], killed / "checkpoints" / "last.pt")  # killed, not finished
+    at_kill = load(killed)["epoch"]
+    assert 1 <= at_kill < 12
+    maml_train.main([*argv, "--out", str(killed), "--resume"])
+    a, b = load(whole), load(killed)
+    assert a["epoch"] == b["epoch"] == 12
+    for key in ("model", "eval_model", "optimizer", "best_acc", "arch", "selection"):
+        assert_same(a[key], b[key], key)
+    for key in ("model", "eval_model", "epoch", "best_acc"):  # (config and provenance name other paths)
+        assert_same(load(whole, "best")[key], load(killed, "best")[key], f"best/{key}")
+    rows_a, rows_b = read_jsonl(whole / "metrics.jsonl"), read_jsonl(killed / "metrics.jsonl")
+    assert [r["epoch"] for r in rows_b] == list(range(1, 13))
+    for ra, rb in zip(rows_a, rows_b):
+        ra.pop("seconds"), rb.pop("seconds")
+        assert ra == rb
+    assert not list(killed.rglob("*.tmp"))  # what the kill left half-written is gone
+    invocations = read_jsonl(killed / "invocations.jsonl")
+    assert [i["resumed"] for i in invocations] == [False, True]
+
+
+def test_a_shorter_run_grows_its_epochs_on_resume_to_the_longer_runs_result(caches, straight, tmp_path):
     out = tmp_path / "run"
-    run(caches, out, "--halt-after", "1")
-    assert load(out)["epoch"] == 1
-    assert len(read_jsonl(out / "metrics.jsonl")) == 1
+    run(caches, out, "--epochs", 1)
+    assert load(out)["epoch"] == 1 and len(read_jsonl(out / "metrics.jsonl")) == 1
     run(caches, out, "--resume")
     a, b = load(straight), load(out)
     assert a["epoch"] == b["epoch"] == 3
     for key in ("model", "eval_model", "optimizer", "best_acc", "arch", "selection"):
         assert_same(a[key], b[key], key)
-    for key in ("model", "eval_model", "epoch", "best_acc"):  # (config and provenance name other paths)
-        assert_same(load(straight, "best")[key], load(out, "best")[key], f"best/{key}")
-    rows_a, rows_b = read_jsonl(straight / "metrics.jsonl"), read_jsonl(out / "metrics.jsonl")
-    assert [r["epoch"] for r in rows_b] == [1, 2, 3]
-    for ra, rb in zip(rows_a, rows_b):
-        ra.pop("seconds"), rb.pop("seconds")
-        assert ra == rb
+    rows = read_jsonl(straight / "metrics.jsonl")
     # PEM really ran after the warm-up: with eta 0 every meta-batch of epochs 2 and 3 was rebuilt
-    assert [r["pem_rebuilt_batches"] for r in rows_a] == [0, 3, 3]
+    assert [r["pem_rebuilt_batches"] for r in rows] == [0, 3, 3]
     # the eval model is the model as it was at the end of the last epoch, and training moved it from the init
     assert_same(a["model"], a["eval_model"])
     assert any(not torch.equal(v, a["model"][k]) for k, v in init_state().items())
-    cfg = json.loads((out / "config.json").read_text())
-    assert cfg["pem"] is True and cfg["pem_eta"] == 0 and "git_commit" in cfg and "versions" in cfg
 
 
 def test_a_run_killed_while_saving_resumes_to_the_uninterrupted_result(caches, straight, tmp_path, monkeypatch):
@@ -144,9 +163,9 @@ def test_a_run_killed_while_saving_resumes_to_the_uninterrupted_result(caches, s
 def test_pem_adapts_the_evaluation_model_of_the_previous_epochs_end(caches, tmp_path, monkeypatch):
     """During epoch e every PEM adaptation starts from the weights the model had at the end of epoch e-1 (the
     initialisation in epoch 1), not from the live model, which moves after every meta-batch."""
-    events, adapt, meta_loss = [], maml_train.adapt, maml_train.meta_loss
+    events, adapt, meta_loss = [], maml.pem.adapt, maml_train.meta_loss
 
-    def recording_adapt(model, params, *args, **kwargs):  # in maml.train, only PEM's evaluation model is adapted
+    def recording_adapt(model, params, *args, **kwargs):  # in maml.pem, only the evaluation model is adapted
         events.append(("eval", {n: p.detach().clone() for n, p in params.items()}))
         return adapt(model, params, *args, **kwargs)
 
@@ -154,7 +173,7 @@ def test_pem_adapts_the_evaluation_model_of_the_previous_epochs_end(caches, tmp_
         events.append(("live", {n: p.detach().clone() for n, p in model.named_parameters()}))
         return meta_loss(model, *args, **kwargs)
 
-    monkeypatch.setattr(maml_train, "adapt", recording_adapt)
+    monkeypatch.setattr(maml.pem, "adapt", recording_adapt)
     monkeypatch.setattr(maml_train, "meta_loss", recording_meta_loss)
     out = tmp_path / "run"
     run(caches, out, "--pem-warmup", 0, "--save-every", 1)  # eta 0: PEM rebuilds every meta-batch from epoch 1
@@ -174,10 +193,10 @@ def test_a_train_cache_without_true_labels_trains_with_pem(caches, straight, tmp
     """Training reads the train cache's X and cluster_label only: a cache without Y trains (PEM on), and to the
     very weights of the run whose cache has Y."""
     train = load_split(caches["train"])
-    bare = dict(caches, train=tmp_path / "bare_train.npz")
+    bare = dict(train=tmp_path / "bare.npz", val=caches["val"], clusters=caches["clusters"])
     save_npz(bare["train"], X=train.X, cluster_label=train.cluster_label, index=train.index)
     assert "Y" not in np.load(bare["train"]).files
-    run(bare, tmp_path / "run", "--clusters", caches["clusters"])
+    run(bare, tmp_path / "run")
     a, b = load(straight), load(tmp_path / "run")
     for key in ("model", "eval_model", "optimizer", "best_acc", "epoch"):
         assert_same(a[key], b[key], key)
@@ -190,30 +209,6 @@ def test_pem_changes_the_training(caches, straight, tmp_path):
     run(caches, out, "--no-pem")
     assert not torch.equal(load(out)["model"]["classifier.weight"], load(straight)["model"]["classifier.weight"])
     assert [r["pem_rebuilt_batches"] for r in read_jsonl(out / "metrics.jsonl")] == [0, 0, 0]
-
-
-def test_rotate_ways_turns_each_way_by_its_own_quarter_turns():
-    torch.manual_seed(0)
-    xs, xq = torch.rand(6, 1, 5, 5), torch.rand(9, 1, 5, 5)
-    ys, yq = torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([2, 1, 0] * 3)
-    turns = np.array([0, 1, 3])
-    rs, ys2, rq, yq2 = maml_train.rotate_ways(xs, ys, xq, yq, turns)
-    assert ys2 is ys and yq2 is yq
-    for x, y, r in ((xs, ys, rs), (xq, yq, rq)):
-        assert r.is_contiguous(memory_format=torch.channels_last)
-        for i in range(len(y)):
-            assert torch.equal(r[i], torch.rot90(x[i], int(turns[y[i]]), dims=(1, 2)))
-    assert torch.equal(rs[ys == 0], xs[ys == 0]) and not torch.equal(rs[ys == 1], xs[ys == 1])
-
-
-def test_rotated_ways_change_the_training_and_resume_bit_identically(caches, straight, tmp_path):
-    whole, halted = tmp_path / "whole", tmp_path / "halted"
-    run(caches, whole, "--rotate-ways")
-    run(caches, halted, "--rotate-ways", "--halt-after", "2")
-    run(caches, halted, "--rotate-ways", "--resume")
-    assert_same(load(whole)["model"], load(halted)["model"])
-    assert load(whole)["config"]["rotate_ways"] is True
-    assert not torch.equal(load(whole)["model"]["classifier.weight"], load(straight)["model"]["classifier.weight"])
 
 
 def test_first_order_trains_and_differs_from_second_order(caches, straight, tmp_path):
@@ -237,7 +232,7 @@ def contents(root) -> tuple:
 
 def test_resume_with_changed_settings_is_refused_and_leaves_the_run_as_it_was(caches, straight, tmp_path):
     out = tmp_path / "run"
-    run(caches, out, "--halt-after", "1")
+    run(caches, out, "--epochs", 1)
     before = contents(out)
     assert {"config.json", "invocations.jsonl", "metrics.jsonl", "checkpoints/last.pt"} <= before[1].keys()
     with pytest.raises(UserError, match="inner_lr"):
@@ -250,7 +245,7 @@ def test_resume_with_changed_settings_is_refused_and_leaves_the_run_as_it_was(ca
 
 def test_validation_adapts_with_the_training_steps_unless_told(caches, tmp_path):
     """As upstream (train_un_maml_pem.py), val tasks are adapted with --inner-steps unless --val-steps is given."""
-    common = ["--train-cache", str(caches["train"]), "--val-cache", str(caches["val"]), "--epochs", "1",
+    common = ["--caches", str(caches["dir"]), "--epochs", "1",
               "--batches-per-epoch", "1", "--meta-batch", "1", "--hidden", "8", "--val-tasks", "2", "--no-pem",
               "--threads", "1", "--device", "cpu"]
     maml_train.main([*common, "--out", str(tmp_path / "a"), "--inner-steps", "2"])
@@ -262,9 +257,9 @@ def test_validation_adapts_with_the_training_steps_unless_told(caches, tmp_path)
 def test_supervised_baseline_trains_on_the_true_labels(caches, tmp_path):
     """--supervised is the pseudo-label run on a cache whose cluster labels are the true ones, bit for bit."""
     train = load_split(caches["train"])
-    relabelled = dict(caches, train=tmp_path / "truth_train.npz")
+    relabelled = dict(train=tmp_path / "truth.npz", val=caches["val"])
     write_split(relabelled["train"], train.X, train.Y, cluster_label=train.Y)
-    run(caches, tmp_path / "sup", "--supervised", "--no-pem")
+    run({"train": caches["train"], "val": caches["val"]}, tmp_path / "sup", "--supervised", "--no-pem")
     run(relabelled, tmp_path / "ref", "--no-pem")
     assert_same(load(tmp_path / "sup")["model"], load(tmp_path / "ref")["model"])
     run(caches, tmp_path / "pseudo", "--no-pem")
@@ -291,15 +286,15 @@ def test_snapshots_are_what_a_shorter_run_ends_with(caches, straight, tmp_path):
         assert_same(snap[key], load(short)[key], key)
     # snapshots change no result, so a run may be resumed with another interval
     mid = tmp_path / "mid"
-    run(caches, mid, "--halt-after", 1, "--save-every", 0)
+    run(caches, mid, "--epochs", 1, "--save-every", 0)
     run(caches, mid, "--resume", "--save-every", 1)
     assert snapshots(mid) == ["epoch_0002.pt", "epoch_0003.pt"]
     assert_same(load(mid)["model"], load(straight)["model"])
 
 
 def test_best_is_the_epoch_of_highest_val_accuracy_the_later_on_ties(caches, tmp_path, monkeypatch):
-    """best.pt holds the model of the epoch with the highest val accuracy; of equal ones, the later (as RESULTS.md's
-    selection commands assume)."""
+    """best.pt holds the model of the epoch with the highest val accuracy; of equal ones, the later (the later model
+    has meta-trained longer)."""
     val_accs = iter([0.5, 0.7, 0.7, 0.6])
     monkeypatch.setattr(maml_train, "evaluate", lambda *args: np.full(5, next(val_accs)))
     out = tmp_path / "run"
@@ -310,7 +305,7 @@ def test_best_is_the_epoch_of_highest_val_accuracy_the_later_on_ties(caches, tmp
     assert_same(best["model"], load(out, "epoch_0003")["model"])
     # maml.test --checkpoint best@N makes the same choice among the first N epochs (shorter budgets, one run)
     cfg = json.loads((out / "config.json").read_text())
-    chosen = [maml_test.budget_snapshot(out, cfg, n) for n in (1, 2, 3, 4)]
+    chosen = [budget_snapshot(out, cfg, n) for n in (1, 2, 3, 4)]
     assert [epoch for _, epoch in chosen] == [1, 2, 3, 3]
     assert [path.name for path, _ in chosen] == ["epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt", "epoch_0003.pt"]
 
@@ -339,10 +334,11 @@ def test_centres_without_images_are_refused_before_anything_is_written(caches, t
     centres = np.load(caches["clusters"])["cluster_centers"]
     extra = np.concatenate([centres, centres[:2] + 1])  # clusters 10 and 11 have no members
     save_npz(tmp_path / "more_clusters.npz", cluster_centers=extra)
+    more = dict(train=caches["train"], val=caches["val"], clusters=tmp_path / "more_clusters.npz")
     with pytest.raises(UserError, match=r"more_clusters\.npz: 2 of 12 clusters have no images .*\(cluster 10, 11\)"):
-        run(caches, tmp_path / "run", "--clusters", tmp_path / "more_clusters.npz")
+        run(more, tmp_path / "run")
     assert not (tmp_path / "run").exists()
-    run(caches, tmp_path / "nopem", "--clusters", tmp_path / "more_clusters.npz", "--no-pem", "--epochs", 1)
+    run(more, tmp_path / "nopem", "--no-pem", "--epochs", 1)
 
 
 @pytest.mark.parametrize("h, w, message", [
@@ -354,7 +350,7 @@ def test_non_square_or_tiny_images_are_refused_before_anything_is_written(tmp_pa
     y = np.repeat(np.arange(N_CLUSTERS), 8)
     x = rng.integers(0, 256, size=(len(y), h, w, 1), dtype=np.uint8)
     paths = {"train": tmp_path / "wide_train.npz", "val": tmp_path / "wide_val.npz",
-             "clusters": tmp_path / "wide_train_clusters.npz"}
+             "clusters": tmp_path / "wide_centres.npz"}
     write_split(paths["train"], x, y, cluster_label=y)
     write_split(paths["val"], x, y, cluster_label=y)
     save_npz(paths["clusters"], cluster_centers=rng.normal(size=(N_CLUSTERS, 4)).astype(np.float32))
@@ -382,3 +378,46 @@ def test_non_finite_loss_names_a_checkpoint_only_when_there_is_one(caches, tmp_p
     with pytest.raises(UserError, match=r"non-finite meta-loss at epoch 2; last good checkpoint: .*last\.pt"):
         run(caches, tmp_path / "second", "--no-pem")
     assert load(tmp_path / "second")["epoch"] == 1
+
+
+def test_the_caches_come_from_encode_json_or_explicit_options_alike(caches, straight, tmp_path):
+    """--caches DIR trains on the caches its encode.json names (whatever their file names), as the same caches
+    named one by one do; config.json records the resolved caches, for maml.test."""
+    explicit = {k: caches[k] for k in ("train", "val", "clusters")}
+    run(explicit, tmp_path / "explicit", "--test-cache", tmp_path / "t.npz")
+    assert_same(load(straight)["model"], load(tmp_path / "explicit")["model"])
+    cfg = json.loads((straight / "config.json").read_text())
+    assert {k: cfg[k] for k in ("caches", "train_cache", "val_cache", "test_cache", "centres", "dataset")} == {
+        "caches": str(caches["dir"]), "train_cache": str(caches["train"]), "val_cache": str(caches["val"]),
+        "test_cache": None, "centres": str(caches["clusters"]), "dataset": "toy"}
+    cfg = json.loads((tmp_path / "explicit" / "config.json").read_text())
+    assert (cfg["caches"], cfg["test_cache"], cfg["dataset"]) == (None, str(tmp_path / "t.npz"), None)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("pem-without-clusters", r"PEM needs the train cache's cluster centres: pass --centres \(or --no-pem\)$"),
+    ("caches-and-val", "--val-cache, --centres go with --train-cache; with --caches, .*encode.json names the caches"),
+    ("no-caches-entry", r"encode\.json: names no train cache and cluster centres"),
+    ("no-encode-json", r"encode\.json: file not found"),
+])
+def test_cache_options_that_do_not_fit_are_one_line_errors_before_anything_is_written(caches, tmp_path, run_main,
+                                                                                      case, message):
+    old = tmp_path / "old_caches"
+    old.mkdir()
+    save_json(old / "encode.json", {"dataset": "toy", "k": 10})  # an encode.json that names no caches
+    source = {"pem-without-clusters": ["--train-cache", caches["train"]],
+              "caches-and-val": ["--caches", caches["dir"], "--val-cache", caches["val"], "--centres", "c.npz"],
+              "no-caches-entry": ["--caches", old],
+              "no-encode-json": ["--caches", tmp_path]}[case]
+    res = run_main("maml.train", [*source, "--out", tmp_path / "run", *SMALL])
+    assert res.code == 2 and len(res.err.strip().splitlines()) == 1, res.err
+    assert res.err.startswith("error: ") and re.search(message, res.err), res.err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("source", [[], ["--caches", "c", "--train-cache", "t.npz"]])
+def test_one_source_of_caches_is_required(tmp_path, capsys, source):
+    with pytest.raises(SystemExit) as info:
+        maml_train.main([*source, "--out", str(tmp_path / "run")])
+    assert info.value.code == 2 and "--caches" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
