@@ -30,7 +30,7 @@ def paired_difference(a, b) -> tuple[float | None, float | None]:
 
 
 def format_accuracy(mean, ci, signed=False) -> str:
-    """'93.51 ± 0.43 %' from fractions (or '+0.66 ± 0.30 points' with signed=True, for a difference)."""
+    """'12.34 ± 0.56 %' from fractions (or '+1.23 ± 0.45 points' with signed=True, for a difference)."""
     if mean is None:
         return "-"
     value = f"{100 * mean:+.2f}" if signed else f"{100 * mean:.2f}"
