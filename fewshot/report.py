@@ -80,6 +80,31 @@ def _results(run: Path) -> dict:
     return out
 
 
+SAME_TASKS = ("split", "ways", "shots", "queries", "tasks", "seed", "tasks_sha256")  # shared by paired results
+
+
+def task_mismatch(a: dict, b: dict) -> str:
+    """'' when results a and b hold per-task accuracies of the same sampled tasks (maml.test or fewshot.baseline
+    with the same split, cache labels and seed), else what differs: the one rule the table and --compare pair by."""
+    if not all(isinstance(r.get("per_task_accuracy"), list) and r.get("seed") is not None for r in (a, b)):
+        return "no per-task accuracies of sampled tasks"
+    differ = [f"{k} {a.get(k)} vs {b.get(k)}" for k in SAME_TASKS if a.get(k) != b.get(k)]
+    if not differ and len(a["per_task_accuracy"]) != len(b["per_task_accuracy"]):
+        differ = ["number of per-task accuracies"]
+    return ", ".join(differ)
+
+
+def compare(a_path, b_path) -> dict:
+    """The paired difference a - b of two result files on the same tasks, with its 95% interval."""
+    a, b = (_object(p, load_json(p)) for p in (a_path, b_path))
+    mismatch = task_mismatch(a, b)
+    if mismatch:
+        raise UserError(f"{a_path} and {b_path} are not on the same tasks ({mismatch})")
+    diff, ci = paired_difference(a["per_task_accuracy"], b["per_task_accuracy"])
+    return {"a": str(a_path), "b": str(b_path), "difference": diff, "ci95": ci, "a_accuracy": a["accuracy"],
+            "b_accuracy": b["accuracy"], **{k: a.get(k) for k in SAME_TASKS}}
+
+
 def _method(cfg: dict, variant: str) -> str:
     if "method" in cfg:  # fewshot.baseline
         return cfg["method"]
@@ -117,8 +142,8 @@ def summarise(root: Path) -> list:
             test_seconds = 0
             for (s, key), r in results.items():
                 if s == split:
-                    row[key] = {k: r.get(k) for k in ("accuracy", "ci95", "tasks", "steps", "tasks_sha256")}
-                    row[key]["per_task_accuracy"] = r.get("per_task_accuracy")
+                    row[key] = {k: r.get(k) for k in ("accuracy", "ci95", "steps", "per_task_accuracy",
+                                                      *SAME_TASKS)}
                     test_seconds += r.get("seconds") or 0
             row["seconds"]["test"] = round(test_seconds)
             rows.append(row)
@@ -129,13 +154,13 @@ def summarise(root: Path) -> list:
 
 def paired_rows(rows) -> list:
     """(run, baseline run, key, difference, ci) for each trained run against the raw-pixel baseline on the same
-    tasks (results recording the same tasks_sha256)."""
+    tasks."""
     out = []
     for base in (r for r in rows if Path(r["run"]).name == "pixels"):
         for r in (r for r in rows if r is not base and r["split"] == base["split"]):
             for key in ("5w1s", "5w5s"):
                 a, b = r.get(key), base.get(key)
-                if a and b and a["tasks_sha256"] and a["tasks_sha256"] == b["tasks_sha256"]:
+                if a and b and not task_mismatch(a, b):
                     out.append((r, base, key, *paired_difference(a["per_task_accuracy"], b["per_task_accuracy"])))
     return out
 
@@ -166,25 +191,6 @@ def to_markdown(rows) -> str:
             lines.append(f"- {Path(r['run']).name} - {Path(base['run']).name}, {r['split']} {ways}-way {shots}-shot: "
                          f"{format_accuracy(diff, ci, signed=True)}")
     return "\n".join(lines) + "\n"
-
-
-SAME_TASKS = ("split", "ways", "shots", "queries", "tasks", "seed", "tasks_sha256")  # shared by paired results
-
-
-def compare(a_path, b_path) -> dict:
-    """The paired difference a - b of two result files evaluated on the same tasks (maml.test or fewshot.baseline
-    with the same split, cache labels and seed), with its 95% interval."""
-    a, b = (_object(p, load_json(p)) for p in (a_path, b_path))
-    for path, r in ((a_path, a), (b_path, b)):
-        if not isinstance(r.get("per_task_accuracy"), list) or r.get("seed") is None:
-            raise UserError(f"{path}: holds no per-task accuracies of sampled tasks; nothing to pair")
-    differ = [k for k in SAME_TASKS if a.get(k) != b.get(k)]
-    if differ or len(a["per_task_accuracy"]) != len(b["per_task_accuracy"]):
-        shown = ", ".join(f"{k} {a.get(k)} vs {b.get(k)}" for k in differ) or "number of per-task accuracies"
-        raise UserError(f"{a_path} and {b_path} are not on the same tasks ({shown})")
-    diff, ci = paired_difference(a["per_task_accuracy"], b["per_task_accuracy"])
-    return {"a": str(a_path), "b": str(b_path), "difference": diff, "ci95": ci, "a_accuracy": a["accuracy"],
-            "b_accuracy": b["accuracy"], **{k: a.get(k) for k in SAME_TASKS}}
 
 
 def get_parser():

@@ -164,3 +164,13 @@ def test_malformed_run_files_are_one_line_naming_the_file(tmp_path, capsys, file
     assert e.value.code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f"error: {tmp_path / file}: ") and message in err, err
     assert not (tmp_path / "summary.json").exists()
+
+
+def test_task_mismatch_is_the_one_pairing_rule():
+    from fewshot.report import task_mismatch
+    a = {"split": "val", "ways": 5, "shots": 1, "queries": 5, "tasks": 2, "seed": 0, "tasks_sha256": "ab",
+         "per_task_accuracy": [0.4, 0.6]}
+    assert task_mismatch(a, dict(a)) == ""
+    assert task_mismatch(a, {**a, "tasks_sha256": "cd"}) == "tasks_sha256 ab vs cd"
+    assert task_mismatch(a, {**a, "per_task_accuracy": [0.5]}) == "number of per-task accuracies"
+    assert task_mismatch(a, {**a, "per_task_accuracy": None}) == "no per-task accuracies of sampled tasks"
