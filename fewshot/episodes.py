@@ -8,7 +8,7 @@ A saved episodes file records a fingerprint of its split, so it is not evaluated
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ class Task:
     query: np.ndarray  # (N*Q,)
     query_y: np.ndarray  # (N*Q,)
     classes: np.ndarray  # (N,) the split's label of each way
+    unlabeled: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (U,) rows without labels
 
 
 class EpisodeSampler:
@@ -77,9 +78,38 @@ def sample_tasks(labels, ways: int, shots: int, queries: int, n: int, seed: int)
     return [sampler.sample(rng) for _ in range(n)]
 
 
+def add_unlabeled(tasks, labels, per_class: int, distractors: int, seed: int) -> list:
+    """The semi-supervised tasks of EP and LST: each task keeps its support and query sets and gains `per_class`
+    unlabelled images of each of its ways (none of its support or query images) and of `distractors` other
+    classes. They come from their own stream of `seed`, so the support and query sets, and tasks_sha256, are
+    those of the plain tasks: results with and without unlabelled images pair task by task."""
+    from fewshot.runtime import epoch_seed
+
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    rng = np.random.default_rng(epoch_seed(seed, 0, stream=13))
+    out = []
+    for t in tasks:
+        used = np.concatenate([t.support, t.query])
+        others = np.setdiff1d(classes[counts >= per_class], t.classes)
+        if len(others) < distractors:
+            raise UserError(f"{distractors} distractor classes of >= {per_class} images are needed; the split has "
+                            f"{len(others)} besides a task's ways")
+        rows = []
+        for c in [*t.classes, *rng.choice(others, size=distractors, replace=False)]:
+            free = np.setdiff1d(np.flatnonzero(labels == c), used)
+            if len(free) < per_class:
+                raise UserError(f"class {c} has {len(free)} images besides a task's support and query sets; "
+                                f"--unlabeled {per_class} needs {per_class}")
+            rows.append(rng.choice(free, size=per_class, replace=False))
+        out.append(replace(t, unlabeled=np.concatenate(rows).astype(np.int64)))
+    return out
+
+
 def tasks_sha256(tasks) -> str:
-    """A fingerprint of a task list (rows and labels of every support and query set): results recording the same
-    one were computed on the same tasks, and their per-task accuracies pair."""
+    """A fingerprint of a task list (rows and labels of every support and query set; unlabelled images are
+    left out, see add_unlabeled): results recording the same one were computed on the same tasks, and their
+    per-task accuracies pair."""
     digest = hashlib.sha256()
     for t in tasks:
         for part in (t.support, t.support_y, t.query, t.query_y):

@@ -1,4 +1,4 @@
-"""Summarise a pipeline folder (cfe/, caches/, maml-*/, pixels/) as a table: accuracy ± 95% CI on val and test,
+"""Summarise a pipeline folder (cfe/, caches/, maml-*/, ep-*/, pixels/) as a table: accuracy ± 95% CI on val and test,
 pseudo-label quality, wall time per stage, and each run's paired difference from the raw-pixel baseline.
 
     python -m fewshot.report runs/omniglot-quick
@@ -17,16 +17,18 @@ from fewshot.io import atomic_path, load_json, read_jsonl, save_json
 from fewshot.metrics import format_accuracy, paired_difference
 
 
-def result_name(split: str, ways: int, shots: int, source=None, checkpoint=None) -> str:
+def result_name(split: str, ways: int, shots: int, source=None, checkpoint=None, unlabeled=0, distractors=0) -> str:
     """A result's file name in a run's results/: {split}_{ways}w{shots}s.json (split: val or test) for the run's
-    own split and its selected (best) checkpoint; tasks from another cache or episodes file `source`, or another
+    own split and its selected (best) checkpoint, with _{U}u (U unlabelled images per way) and {D}d (D distractor
+    classes) for semi-supervised tasks; tasks from another cache or episodes file `source`, or another
     `checkpoint` (last, a snapshot), add their names: test_5w1s_{source}_{checkpoint}.json. Only the first kind
     is tabled."""
-    extra = [Path(x).stem for x in (source, checkpoint) if x]
+    semi = [f"{unlabeled}u" + (f"{distractors}d" if distractors else "")] if unlabeled else []
+    extra = semi + [Path(x).stem for x in (source, checkpoint) if x]
     return f"{split}_{ways}w{shots}s" + "".join(f"_{x}" for x in extra) + ".json"
 
 
-OWN_RESULT = re.compile(r"(val|test)_\d+w\d+s\.json")  # result_name of an own split and best checkpoint
+OWN_RESULT = re.compile(r"(val|test)_\d+w\d+s(_\d+u(\d+d)?)?\.json")  # of an own split and the best checkpoint
 
 
 # Run files are read as they are found: anything malformed in them is a one-line UserError naming the file.
@@ -65,18 +67,21 @@ def _minutes(seconds):
 
 
 def _results(run: Path) -> dict:
-    """{(split, "5w1s"): result} of a run's own results (its own splits, its selected checkpoint)."""
+    """{(split, (unlabeled, distractors), "5w1s"): result} of a run's own results (its own splits, its selected
+    checkpoint)."""
     out = {}
     for path in sorted((run / "results").glob("*.json")):
         if not OWN_RESULT.fullmatch(path.name):
             continue
         r = _object(path, load_json(path))
-        for k in ("ways", "shots", "accuracy", "tasks", "steps"):
+        for k in ("ways", "shots", "accuracy", "tasks"):
             _number(r, k, path, required=True)
+        semi = tuple(int(_number(r, k, path) or 0) for k in ("unlabeled", "distractors"))
         _number(r, "seconds", path)
+        _number(r, "steps", path)  # adaptation steps: MAML's, not EP's
         if "ci95" not in r or r["ci95"] is not None:  # null for a test of one task: no interval
             _number(r, "ci95", path, required=True)
-        out[(path.name.split("_")[0], f"{r['ways']}w{r['shots']}s")] = r
+        out[(path.name.split("_")[0], semi, f"{r['ways']}w{r['shots']}s")] = r
     return out
 
 
@@ -105,16 +110,28 @@ def compare(a_path, b_path) -> dict:
             "b_accuracy": b["accuracy"], **{k: a.get(k) for k in SAME_TASKS}}
 
 
-def _method(cfg: dict, variant: str) -> str:
+def _method(cfg: dict, variant: str, semi: tuple) -> str:
+    unlabeled, distractors = semi
+    semi = (f", {unlabeled} unlabelled per way" if unlabeled else "") + \
+        (f" + {distractors} distractor classes" if distractors else "")
     if "method" in cfg:  # fewshot.baseline
-        return cfg["method"]
-    method = ("MAML, true labels (supervised)" if cfg.get("supervised")
-              else "MAML + PEM" if cfg.get("pem") else "MAML (PEM off)")
-    return method + (f", {variant}" if variant and not cfg.get("supervised") else "")
+        return cfg["method"] + semi
+    learner = "EP" if cfg.get("learner") == "ep" else "MAML + PEM" if cfg.get("pem") else "MAML (PEM off)"
+    if cfg.get("supervised"):
+        return f"{learner.split(' ')[0]}, true labels (supervised)" + semi
+    return learner + (f", {variant}" if variant else "") + semi
+
+
+def _epochs(cfg: dict):
+    """Training epochs as the table shows them: MAML's, or EP's pre-training + fine-tuning."""
+    if cfg.get("learner") == "ep":
+        return f"{cfg.get('pretrain_epochs')}+{cfg.get('finetune_epochs')}"
+    return cfg.get("epochs")
 
 
 def summarise(root: Path) -> list:
-    """One row per run folder of `root` (maml*/, pixels/) and split (val, test) with results."""
+    """One row per run folder of `root` (maml*/, ep*/, pixels/), split (val, test) and number of unlabelled
+    images with results."""
     if not root.is_dir():
         raise UserError(f"{root}: no such folder")
     encode_json = root / "caches" / "encode.json"
@@ -126,29 +143,29 @@ def summarise(root: Path) -> list:
     variant = ", ".join(([f"{parts:g} k-means partitions"] if parts and parts > 1 else [])
                         + ([f"embeddings smoothed over {smooth:g} neighbours"] if smooth else []))
     rows = []
-    for run in sorted(p for p in root.iterdir() if p.is_dir() and (p.name.startswith("maml") or p.name == "pixels")):
+    for run in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(("maml", "ep", "pixels"))):
         if not (run / "config.json").is_file():
             continue
         cfg = _object(run / "config.json", load_json(run / "config.json"))
         results = _results(run)
         trained = "method" not in cfg
-        for split in sorted({s for s, _ in results}, key=("val", "test").index):
-            row = {"run": str(run), "method": _method(cfg, variant), "split": split,
-                   "maml_epochs": cfg.get("epochs") if trained else None,
+        for split, semi in sorted({k[:2] for k in results}, key=lambda k: (("val", "test").index(k[0]), k[1])):
+            row = {"run": str(run), "method": _method(cfg, variant, semi), "split": split, "semi": semi,
+                   "epochs": _epochs(cfg) if trained else None,
                    "ari": ari if trained else None, "nmi": nmi if trained else None,
                    "seconds": {"cfe": _epoch_seconds(root / "cfe") if trained else None,
                                "encode": _number(enc, "seconds", encode_json) if trained else None,
-                               "maml": _epoch_seconds(run) if trained else None}}
+                               "train": _epoch_seconds(run) if trained else None}}
             test_seconds = 0
-            for (s, key), r in results.items():
-                if s == split:
+            for (s, u, key), r in results.items():
+                if (s, u) == (split, semi):
                     row[key] = {k: r.get(k) for k in ("accuracy", "ci95", "steps", "per_task_accuracy",
                                                       *SAME_TASKS)}
                     test_seconds += r.get("seconds") or 0
             row["seconds"]["test"] = round(test_seconds)
             rows.append(row)
     if not rows:
-        raise UserError(f"{root}: no run folders with results (maml*/results, pixels/results)")
+        raise UserError(f"{root}: no run folders with results (maml*/results, ep*/results, pixels/results)")
     return rows
 
 
@@ -170,18 +187,19 @@ def to_markdown(rows) -> str:
         if key not in r:
             return "-"
         t = r[key]
-        return f"{format_accuracy(t['accuracy'], t['ci95'])} ({t['tasks']} tasks, {t['steps']} steps)"
+        steps = f", {t['steps']} steps" if t.get("steps") else ""
+        return f"{format_accuracy(t['accuracy'], t['ci95'])} ({t['tasks']} tasks{steps})"
 
     def num(x):
         return "-" if x is None else f"{x:.3f}"
 
-    lines = ["| run | method | split | MAML epochs | 5-way 1-shot | 5-way 5-shot | ARI | NMI "
-             "| CFE min | encode min | MAML min | test min |",
+    lines = ["| run | method | split | epochs | 5-way 1-shot | 5-way 5-shot | ARI | NMI "
+             "| CFE min | encode min | train min | test min |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r["seconds"]
-        times = " | ".join(_minutes(s[k]) for k in ("cfe", "encode", "maml", "test"))
-        lines.append(f"| {Path(r['run']).name} | {r['method']} | {r['split']} | {r['maml_epochs'] or '-'} "
+        times = " | ".join(_minutes(s[k]) for k in ("cfe", "encode", "train", "test"))
+        lines.append(f"| {Path(r['run']).name} | {r['method']} | {r['split']} | {r['epochs'] or '-'} "
                      f"| {acc(r, '5w1s')} | {acc(r, '5w5s')} | {num(r['ari'])} | {num(r['nmi'])} | {times} |")
     paired = paired_rows(rows)
     if paired:
@@ -195,7 +213,8 @@ def to_markdown(rows) -> str:
 
 def get_parser():
     p = make_parser("python -m fewshot.report", __doc__)
-    p.add_argument("root", nargs="?", help="pipeline folder holding cfe/, caches/, maml-*/ and optionally pixels/")
+    p.add_argument("root", nargs="?", help="pipeline folder holding cfe/, caches/, maml-*/, ep-*/ and optionally "
+                                           "pixels/")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                    help="print the paired difference A - B of two result files on the same tasks instead")
     return p

@@ -1,24 +1,11 @@
-"""What maml.train and maml.test share: turning tasks into tensors, evaluating a model on many tasks, and the
-score a run selects its model by."""
+"""What maml.train and maml.selection share: evaluating a model on many tasks, and the score a run selects its
+model by."""
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from fewshot.backbones import to_float
-from fewshot.episodes import Task
+from fewshot.evaluation import task_tensors
 from maml.maml import evaluate_task
-
-
-def task_tensors(X: torch.Tensor, task: Task, device):
-    """uint8 NHWC image bank + task -> (xs, ys, xq, yq) float tensors on device."""
-    def rows(idx):
-        return to_float(X[torch.from_numpy(np.asarray(idx))].to(device))
-
-    def labels(y):
-        return torch.from_numpy(np.asarray(y)).long().to(device)
-
-    return rows(task.support), labels(task.support_y), rows(task.query), labels(task.query_y)
 
 
 def evaluate(model, X: torch.Tensor, tasks: list, steps: int, lr: float, device, desc="eval") -> list:

@@ -22,7 +22,7 @@ from torch.func import functional_call
 
 from fewshot.backbones import to_float
 from fewshot.episodes import Task
-from maml.common import task_tensors
+from fewshot.evaluation import task_tensors
 from maml.maml import adapt
 
 

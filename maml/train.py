@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from fewshot.backbones import check_image_side
+from fewshot.caches import add_cache_options, load_train, resolve_caches
 from fewshot.checkpoint import load_checkpoint, load_state, save_checkpoint, snapshot_path
 from fewshot.cli import (
     DEVICE_HELP,
@@ -34,31 +35,21 @@ from fewshot.cli import (
     seed_int,
     unit_float,
 )
-from fewshot.data import load_array, load_cluster_partition, load_pseudo_labels, load_split
+from fewshot.data import load_array, load_split
 from fewshot.episodes import EpisodeSampler
 from fewshot.errors import UserError, cli_main
-from fewshot.io import JsonlLog, load_json, prepare_run_dir, provenance
+from fewshot.evaluation import task_tensors
+from fewshot.io import JsonlLog, prepare_run_dir, provenance
 from fewshot.metrics import mean_ci95
 from fewshot.runtime import epoch_seed, pick_device, seed_everything, set_threads
-from maml.common import evaluate, selection_score, task_tensors
+from maml.common import evaluate, selection_score
 from maml.maml import MAMLNet, meta_loss
 from maml.pem import PEM, ClusterIndex
 
 
 def get_parser():
     p = make_parser("python -m maml.train", __doc__)
-    data = p.add_argument_group("caches")
-    source = data.add_mutually_exclusive_group(required=True)
-    source.add_argument("--caches", help="cfe.encode output folder: its encode.json names every cache")
-    source.add_argument("--train-cache", help="train cache not written by cfe.encode (e.g. a prepared "
-                                              "*_cache_train.npz with --supervised)")
-    data.add_argument("--val-cache", help="with --train-cache: labelled val cache for model selection (omit: keep "
-                                          "the last epoch)")
-    data.add_argument("--test-cache", help="with --train-cache: labelled test cache, recorded for maml.test")
-    data.add_argument("--centres", help="with --train-cache: its cluster centres (.npz), which PEM needs")
-    data.add_argument("--supervised", action="store_true",
-                      help="reference baseline, not unsupervised: train on the train cache's true labels Y; "
-                           "needs --no-pem")
+    add_cache_options(p, centres=True)
     p.add_argument("--out", required=True, help="run folder")
     task = p.add_argument_group("tasks and MAML")
     task.add_argument("--ways", type=positive_int, default=5, help="classes per task")
@@ -91,42 +82,9 @@ def get_parser():
     return p
 
 
-def resolve_caches(args) -> dict:
-    """{train_cache, val_cache, test_cache, centres, dataset}: from --caches DIR's encode.json, whose "caches"
-    names files in DIR, or the explicit options (val, test and centres may be None)."""
-    if not args.caches:
-        if args.pem and not args.centres:
-            raise UserError("PEM needs the train cache's cluster centres: pass --centres (or --no-pem)")
-        return dict(train_cache=args.train_cache, val_cache=args.val_cache, test_cache=args.test_cache,
-                    centres=args.centres, dataset=None)
-    given = [o for o, v in (("--val-cache", args.val_cache), ("--test-cache", args.test_cache),
-                            ("--centres", args.centres)) if v]
-    if given:
-        raise UserError(f"{', '.join(given)} go with --train-cache; with --caches, {args.caches}/encode.json names "
-                        "the caches")
-    path = Path(args.caches) / "encode.json"
-    doc = load_json(path)
-    caches = doc.get("caches") if isinstance(doc, dict) else None
-    if not isinstance(caches, dict) or not all(isinstance(caches.get(s), str) for s in ("train", "train_clusters")):
-        raise UserError(f"{path}: names no train cache and cluster centres (a 'caches' entry with 'train' and "
-                        "'train_clusters'); rerun cfe.encode, or pass --train-cache and --centres")
-
-    def named(split):
-        return str(Path(args.caches) / caches[split]) if isinstance(caches.get(split), str) else None
-
-    return dict(train_cache=named("train"), val_cache=named("val"), test_cache=named("test"),
-                centres=named("train_clusters"), dataset=doc.get("dataset"))
-
-
-def load_train(args, path: str) -> tuple:
-    """(X (N,H,W,C) uint8, labels (N,), partition of each label): pseudo-labels, or true ones with --supervised."""
-    if args.supervised:  # the one path that reads true train labels, on request, for a supervised reference row
-        train = load_split(path)
-        X, labels = train.X, train.Y
-        partition = np.zeros(labels.max() + 1, np.int64)
-    else:
-        X, labels, _ = load_pseudo_labels(path)  # images and pseudo-labels only
-        partition = load_cluster_partition(path, labels)  # all 0 but for caches of cfe.encode --partitions
+def load_train_images(args, path: str) -> tuple:
+    """load_train's (X, labels, partition), with images MAMLNet can take."""
+    X, labels, partition = load_train(path, args.supervised)
     h, w, _ = X.shape[1:]
     if h != w:  # MAMLNet sizes its classifier from one side length
         raise UserError(f"{path}: images are {h}x{w}; MAML's network needs square images")
@@ -233,11 +191,13 @@ def main(argv=None):
         args.val_steps = args.inner_steps
     if args.supervised and args.pem:
         raise UserError("--supervised trains on true labels, which have no cluster centres for PEM; add --no-pem")
+    if args.pem and not (args.caches or args.centres):
+        raise UserError("PEM needs the train cache's cluster centres: pass --centres (or --no-pem)")
     caches = resolve_caches(args)
     config = {**vars(args), **caches}
     set_threads(args.threads)
     device = pick_device(args.device)
-    X_np, labels, partition = load_train(args, caches["train_cache"])
+    X_np, labels, partition = load_train_images(args, caches["train_cache"])
     sampler = EpisodeSampler(labels, args.ways, args.shots, args.queries, groups=partition)
     index = pem_index(args, labels, partition, caches["centres"]) if args.pem else None
     X_val, val_tasks = load_val(args, caches["val_cache"], X_np.shape[1:])

@@ -199,7 +199,7 @@ CASES = {
                                         r"no_encode/encode\.json: file not found"),
     "maml-encode-json-without-caches": ("maml.train", lambda e, o: maml_caches_args(e, o, e.old_encode),
                                         r"old_encode/encode\.json: names no train cache and cluster centres .*"
-                                        r"pass --train-cache and --centres"),
+                                        r"pass --train-cache"),
     "maml-caches-and-train-cache": ("maml.train", lambda e, o: maml_caches_args(e, o, None, "--train-cache", e.cache),
                                     "argument --train-cache: not allowed with argument --caches"),
     "maml-caches-and-val-cache": ("maml.train", lambda e, o: maml_caches_args(e, o, None, "--val-cache", e.small),

@@ -219,3 +219,29 @@ def test_the_docstring_promises_disjoint_rows_not_images():
 
     doc = " ".join(fewshot.episodes.__doc__.split())
     assert "no row in both" in doc and "no image in both" not in doc
+
+
+def test_unlabelled_images_join_the_same_tasks():
+    from fewshot.episodes import add_unlabeled, sample_tasks, tasks_sha256
+    labels = np.repeat(np.arange(12), 10)
+    plain = sample_tasks(labels, 5, 1, 3, n=20, seed=4)
+    semi = add_unlabeled(plain, labels, per_class=4, distractors=2, seed=4)
+    assert tasks_sha256(semi) == tasks_sha256(plain)
+    for p, t in zip(plain, semi):
+        assert (t.support == p.support).all() and (t.query == p.query).all()
+        assert len(t.unlabeled) == (5 + 2) * 4 and len(np.unique(t.unlabeled)) == len(t.unlabeled)
+        assert not np.intersect1d(t.unlabeled, np.concatenate([t.support, t.query])).size
+        of_ways = np.isin(labels[t.unlabeled], t.classes)
+        assert of_ways.sum() == 20 and len(np.unique(labels[t.unlabeled][~of_ways])) == 2
+    again = add_unlabeled(plain, labels, per_class=4, distractors=2, seed=4)
+    assert all((a.unlabeled == b.unlabeled).all() for a, b in zip(semi, again))
+
+
+def test_too_few_images_for_the_unlabelled_ones_is_a_clear_error():
+    from fewshot.episodes import add_unlabeled, sample_tasks
+    labels = np.repeat(np.arange(6), 6)
+    tasks = sample_tasks(labels, 5, 1, 3, n=2, seed=0)
+    with pytest.raises(UserError, match="--unlabeled 3 needs 3"):
+        add_unlabeled(tasks, labels, per_class=3, distractors=0, seed=0)
+    with pytest.raises(UserError, match="2 distractor classes"):
+        add_unlabeled(tasks, labels, per_class=2, distractors=2, seed=0)

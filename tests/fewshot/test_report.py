@@ -26,7 +26,7 @@ def test_summary_reads_every_stage(tmp_path):
     assert set(rows) == {"MAML + PEM", "MAML (PEM off)"}
     pem = rows["MAML + PEM"]
     assert pem["5w1s"]["accuracy"] == pytest.approx(0.91) and pem["5w5s"]["accuracy"] == pytest.approx(0.95)
-    assert pem["seconds"] == {"cfe": 120, "encode": 30, "maml": 120, "test": 180}
+    assert pem["seconds"] == {"cfe": 120, "encode": 30, "train": 120, "test": 180}
     assert pem["ari"] == 0.5 and pem["nmi"] == 0.9
     table = to_markdown(list(rows.values()))
     assert "| maml-pem | MAML + PEM | test | 20 | 91.00 ± 0.40 % (1000 tasks, 10 steps) | 95.00 ± 0.40 %" in table
@@ -88,7 +88,7 @@ def test_supervised_reference_runs_are_labelled(tmp_path):
     save_json(tmp_path / "maml-true" / "results" / "test_5w1s.json", {"ways": 5, "shots": 1, "accuracy": 0.99,
               "ci95": 0.001, "tasks": 1000, "steps": 10, "seconds": 9})
     rows = {r["method"]: r for r in summarise(tmp_path)}
-    assert rows["MAML, true labels (supervised)"]["maml_epochs"] == 60
+    assert rows["MAML, true labels (supervised)"]["epochs"] == 60
     table = to_markdown(list(rows.values()))
     assert "| maml-true | MAML, true labels (supervised) | test | 60 | 99.00 ± 0.10 % (1000 tasks, 10 steps) | - |" \
         in table
@@ -116,7 +116,7 @@ def test_the_pixel_baseline_gives_a_paired_difference_on_the_same_tasks(tmp_path
               "tasks_sha256": "cd34", "per_task_accuracy": [0.6, 0.8, 0.6, 0.8]})
     rows = summarise(tmp_path)
     pixels = next(r for r in rows if r["method"] == "raw pixels")
-    assert pixels["ari"] is None and pixels["seconds"]["cfe"] is None and pixels["maml_epochs"] is None
+    assert pixels["ari"] is None and pixels["seconds"]["cfe"] is None and pixels["epochs"] is None
     table = to_markdown(rows)
     assert "- maml-pem - pixels, test 5-way 1-shot: +20.00 ± 0.00 points" in table
     assert "maml-nopem - pixels" not in table  # other tasks: no paired difference

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from fewshot import evaluation
 from maml import test as maml_test
 from tests.maml.conftest import evaluate_run, results
 
@@ -28,7 +29,7 @@ def counted(monkeypatch):
         return evaluate(*args, **kwargs)
 
     monkeypatch.setattr(maml_test, "evaluate_task", evaluate_task)
-    monkeypatch.setattr(maml_test, "PARTIAL_EVERY", EVERY)
+    monkeypatch.setattr(evaluation, "PARTIAL_EVERY", EVERY)
     return state
 
 
