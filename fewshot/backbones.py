@@ -90,3 +90,46 @@ class Conv4(nn.Module):
 def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 NHWC -> float NCHW in [0, 1] (channels_last memory, which the CPU convolutions prefer)."""
     return x_uint8.permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
+
+
+class ResBlock(nn.Module):
+    """ResNet-12's block: three conv3x3-BatchNorm-LeakyReLU(0.1), a 1x1 shortcut, then a 2x2 max-pool."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.1),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.1),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        return F.max_pool2d(F.leaky_relu(self.convs(x) + self.shortcut(x), 0.1), 2)
+
+
+class ResNet12(nn.Module):
+    """The ResNet-12 of the few-shot literature (TADAM, MetaOptNet; upstream EP's src/models/backbones/resnet12.py):
+    four residual blocks of 64, 160, 320 and 640 channels, then global average pooling (640-d at any size)."""
+
+    def __init__(self, in_channels=3, widths=(64, 160, 320, 640)):
+        super().__init__()
+        self.in_channels, self.hidden = in_channels, widths[-1]
+        self.blocks = nn.Sequential(*[ResBlock(a, b) for a, b in zip((in_channels, *widths[:-1]), widths)])
+
+    def forward(self, x):  # x: NxCxHxW float
+        return self.blocks(x).mean((2, 3))  # NxD
+
+    def out_dim(self, image_size: int) -> int:
+        return self.hidden
+
+
+BACKBONES = ("conv4", "resnet12")
+
+
+def make_backbone(name: str, in_channels: int, hidden: int) -> nn.Module:
+    """A backbone by name: conv4 (`hidden` channels; 28 px Omniglot, MAML's network) or resnet12 (84 px)."""
+    if name == "conv4":
+        return Conv4(in_channels, hidden)
+    if name == "resnet12":
+        return ResNet12(in_channels)
+    raise UserError(f"unknown backbone '{name}'; known: {', '.join(BACKBONES)}")

@@ -4,10 +4,13 @@ docs/design.md "cache contract") or given one by one (--train-cache ...), and th
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fewshot.data import load_cluster_partition, load_pseudo_labels, load_split
+from fewshot.episodes import EpisodeSampler
 from fewshot.errors import UserError
 from fewshot.io import load_json
+from fewshot.runtime import epoch_seed
 
 
 def add_cache_options(p, centres: bool):
@@ -60,3 +63,16 @@ def load_train(path: str, supervised: bool) -> tuple:
         return train.X, train.Y, np.zeros(train.Y.max() + 1, np.int64)
     X, labels, _ = load_pseudo_labels(path)  # images and pseudo-labels only
     return X, labels, load_cluster_partition(path, labels)  # all 0 but for caches of cfe.encode --partitions
+
+
+def load_val_tasks(path, shape, ways: int, shots: int, queries: int, n: int, seed: int) -> tuple:
+    """(val images as a tensor, the n fixed val tasks a run scores every epoch by), or (None, []) without a val
+    cache. The tasks come from the run's seed alone, so a resumed run scores epochs as an uninterrupted one."""
+    if path is None:
+        return None, []
+    val = load_split(path)
+    if val.X.shape[1:] != shape:
+        raise UserError(f"{path}: images {val.X.shape[1:]} differ from the train cache's {shape}")
+    sampler = EpisodeSampler(val.labels, ways, shots, queries)
+    rng = np.random.default_rng(epoch_seed(seed, 0, stream=7))
+    return torch.from_numpy(val.X), [sampler.sample(rng) for _ in range(n)]

@@ -1,6 +1,6 @@
 """Checkpoints: one dict holding everything a run needs to resume (after dino's `utils.restart_from_checkpoint`).
 
-    {"kind": "cfe" | "maml", "arch": {...}, "model": state_dict, "optimizer": state_dict, "epoch": int,
+    {"kind": "cfe" | "maml" | "ep", "arch": {...}, "model": state_dict, "optimizer": state_dict, "epoch": int,
      "config": {...JSON-able...}, ...stage extras}
 
 Only plain containers and tensors go in (never an argparse Namespace), so `torch.load(weights_only=True)` reads
@@ -22,6 +22,16 @@ def snapshot_path(run, epoch: int) -> Path:
 
 def save_checkpoint(path, kind: str, **state) -> None:
     save_torch(path, {"kind": kind, **state})
+
+
+def save_epoch(out: Path, kind: str, epoch: int, save_every: int, improved: bool, state: dict) -> None:
+    """best.pt when the epoch improved the selection score, a snapshot every save_every epochs, and last.pt
+    last: a run killed in between redoes the epoch from the previous last.pt and writes the same files again."""
+    if improved:
+        save_checkpoint(Path(out) / "checkpoints" / "best.pt", kind, **state)
+    if save_every and epoch % save_every == 0:
+        save_checkpoint(snapshot_path(out, epoch), kind, **state)
+    save_checkpoint(Path(out) / "checkpoints" / "last.pt", kind, **state)
 
 
 def load_checkpoint(path, kind: str, required=("model",)) -> dict:

@@ -25,7 +25,7 @@ SPLITS = ("test", "val")
 PARTIAL_EVERY, PARTIAL_SECONDS = 50, 30  # the partial file is rewritten after this many tasks or seconds
 
 
-def add_task_options(p):
+def add_task_options(p, queries_help="query images per way (default: the training run's)"):
     data = p.add_argument_group("tasks")
     data.add_argument("--split", choices=SPLITS,
                       help="the run's cache to test on: test (default) or val; with --cache or --episodes, the "
@@ -34,7 +34,7 @@ def add_task_options(p):
     data.add_argument("--ways", type=positive_int, help="ways per task (default: 5; with --episodes, the file's)")
     data.add_argument("--shots", type=positive_int,
                       help="support images per way (default: 1; with --episodes, the file's)")
-    data.add_argument("--queries", type=positive_int, help="query images per way (default: the training run's)")
+    data.add_argument("--queries", type=positive_int, help=queries_help)
     data.add_argument("--tasks", type=positive_int, default=1000, help="tasks to sample")
     data.add_argument("--seed", type=seed_int, default=0, help="seed of the sampled tasks (0 .. 2**31 - 1)")
     data.add_argument("--unlabeled", type=nonneg_int, default=0,

@@ -22,8 +22,8 @@ import torch
 from tqdm import tqdm
 
 from fewshot.backbones import check_image_side
-from fewshot.caches import add_cache_options, load_train, resolve_caches
-from fewshot.checkpoint import load_checkpoint, load_state, save_checkpoint, snapshot_path
+from fewshot.caches import add_cache_options, load_train, load_val_tasks, resolve_caches
+from fewshot.checkpoint import load_checkpoint, load_state, save_epoch
 from fewshot.cli import (
     DEVICE_HELP,
     THREADS_HELP,
@@ -35,7 +35,7 @@ from fewshot.cli import (
     seed_int,
     unit_float,
 )
-from fewshot.data import load_array, load_split
+from fewshot.data import load_array
 from fewshot.episodes import EpisodeSampler
 from fewshot.errors import UserError, cli_main
 from fewshot.evaluation import task_tensors
@@ -115,18 +115,6 @@ def pem_index(args, labels, partition, path: str) -> ClusterIndex:
     return ClusterIndex(labels, centres, args.pem_candidates, partition)
 
 
-def load_val(args, path, shape) -> tuple:
-    """(X_val tensor, the fixed val tasks), or (None, []) without a val cache."""
-    if path is None:
-        return None, []
-    val = load_split(path)
-    if val.X.shape[1:] != shape:
-        raise UserError(f"{path}: images {val.X.shape[1:]} differ from the train cache's {shape}")
-    sampler = EpisodeSampler(val.labels, args.ways, args.shots, args.queries)
-    rng = np.random.default_rng(epoch_seed(args.seed, 0, stream=7))
-    return torch.from_numpy(val.X), [sampler.sample(rng) for _ in range(args.val_tasks)]
-
-
 def resume(last: Path, model, optimizer, pem) -> tuple[int, float]:
     """(epoch to start from, best score so far) after loading last.pt's weights into the run's objects."""
     ckpt = load_checkpoint(last, "maml", required=("model", "optimizer", "epoch", "best_acc")
@@ -175,16 +163,6 @@ def validate(args, model, X_val, val_tasks, device) -> dict:
     return dict(zip(("val_acc", "val_ci95"), mean_ci95(accs)))
 
 
-def save_epoch(out: Path, epoch: int, save_every: int, improved: bool, state: dict) -> None:
-    """best.pt when the epoch improved the selection score, a snapshot every save_every epochs, and last.pt
-    last: a run killed in between redoes the epoch from the previous last.pt and writes the same files again."""
-    if improved:
-        save_checkpoint(out / "checkpoints" / "best.pt", "maml", **state)
-    if save_every and epoch % save_every == 0:
-        save_checkpoint(snapshot_path(out, epoch), "maml", **state)
-    save_checkpoint(out / "checkpoints" / "last.pt", "maml", **state)
-
-
 def main(argv=None):
     args = get_parser().parse_args(argv)
     if args.val_steps is None:
@@ -200,7 +178,8 @@ def main(argv=None):
     X_np, labels, partition = load_train_images(args, caches["train_cache"])
     sampler = EpisodeSampler(labels, args.ways, args.shots, args.queries, groups=partition)
     index = pem_index(args, labels, partition, caches["centres"]) if args.pem else None
-    X_val, val_tasks = load_val(args, caches["val_cache"], X_np.shape[1:])
+    X_val, val_tasks = load_val_tasks(caches["val_cache"], X_np.shape[1:], args.ways, args.shots, args.queries,
+                                      args.val_tasks, args.seed)
     out = Path(args.out)
     last = out / "checkpoints" / "last.pt"
     resuming = args.resume and last.exists()
@@ -230,7 +209,7 @@ def main(argv=None):
                      best_acc=best_acc, config=config, provenance=provenance(),
                      selection="best val accuracy" if val_tasks else "last epoch (no val split)",
                      **({"eval_model": pem.state_dict()} if pem else {}))
-        save_epoch(out, epoch + 1, args.save_every, improved, state)
+        save_epoch(out, "maml", epoch + 1, args.save_every, improved, state)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# PL-CFE on Omniglot: prepare data -> CFE -> encode + k-means -> MAML + PEM -> meta-test, beside a raw-pixel
-# nearest-prototype baseline on the same tasks.
+# PL-CFE on Omniglot: prepare data -> CFE -> encode + k-means -> MAML + PEM (or EP) -> meta-test, beside a
+# raw-pixel nearest-prototype baseline on the same tasks.
 #
 #   OMNIGLOT_SOURCE=/path/to/omniglot.tar.xz bash scripts/omniglot.sh                 # PRESET=quick
 #   OMNIGLOT_SOURCE=/path/to/omniglot.tar.xz PRESET=paper bash scripts/omniglot.sh    # the paper's budget
 #   OMNIGLOT_SOURCE=/path/to/omniglot.tar.xz PEM=0 bash scripts/omniglot.sh           # PEM off, same CFE and caches
+#   OMNIGLOT_SOURCE=/path/to/omniglot.tar.xz METALEARNER=ep bash scripts/omniglot.sh  # EP on the same caches
 #   OMNIGLOT_SOURCE=/path/to/omniglot.tar.xz SPLIT=val bash scripts/omniglot.sh       # evaluate on val
 #
 # Settings are compared on val (SPLIT=val); test gives the final number of a setting already chosen. Every
@@ -19,20 +20,23 @@ OMNIGLOT_SOURCE=${OMNIGLOT_SOURCE:-}  # omniglot.tar.xz, a folder of omniglot_ca
 cd "$(dirname "$0")/.."               # relative folders below are inside the repository
 PRESET=${PRESET:-quick}               # quick | paper: scripts/presets/$PRESET.env
 [ -f "scripts/presets/$PRESET.env" ] || { echo "error: PRESET must be one of: $(cd scripts/presets && ls | sed 's/\.env$//' | xargs)" >&2; exit 2; }
-source "scripts/presets/$PRESET.env"  # CFE_EPOCHS, MAML_EPOCHS, TEST_STEPS unless set already
+source "scripts/presets/$PRESET.env"  # CFE_EPOCHS, MAML_EPOCHS, EP_*_EPOCHS, TEST_STEPS unless set already
 DATA_DIR=${DATA_DIR:-data/omniglot}   # prepared omniglot_cache_{train,val,test}.npz
 RUN_DIR=${RUN_DIR:-runs/omniglot-$PRESET}
 SEED=${SEED:-0}                       # of CFE, k-means and MAML; the test tasks are always those of seed 0
 DEVICE=${DEVICE:-auto}                # auto | cpu | cuda | cuda:1 ...
 THREADS=${THREADS:-0}                 # CPU threads per stage (0: all); THREADS=1 lets two runs share 2 cores
 CLUSTERS=${CLUSTERS:-500}             # k-means clusters (upstream K)
-PEM=${PEM:-1}                         # 1: MAML + PEM; 0: plain MAML on the same pseudo-labels
-MAML_DIR=${MAML_DIR:-$RUN_DIR/maml-$([ "$PEM" = 1 ] && echo pem || echo nopem)}
+METALEARNER=${METALEARNER:-maml}      # maml | ep (Embedding Propagation), on the same caches
+PEM=${PEM:-1}                         # with maml, 1: MAML + PEM; 0: plain MAML on the same pseudo-labels
+LEARNER_DIR=${LEARNER_DIR:-$RUN_DIR/$([ "$METALEARNER" = ep ] && echo ep || { [ "$PEM" = 1 ] && echo maml-pem || echo maml-nopem; })}
 SPLIT=${SPLIT:-test}                  # test | val: the split the meta-test and the baseline evaluate
 TEST_SHOTS=${TEST_SHOTS-"1 5"}        # 5-way tests to run; empty: train only
 CFE_ARGS=${CFE_ARGS:-}                # more options for each stage (see python -m STAGE --help), e.g.
 ENCODE_ARGS=${ENCODE_ARGS:-}          #   MAML_ARGS="--first-order"; a run with other options needs its own
-MAML_ARGS=${MAML_ARGS:-}              #   folder (RUN_DIR or MAML_DIR)
+MAML_ARGS=${MAML_ARGS:-}              #   folder (RUN_DIR or LEARNER_DIR)
+EP_ARGS=${EP_ARGS:-}
+case "$METALEARNER" in maml|ep) ;; *) echo "error: METALEARNER must be maml or ep, got '$METALEARNER'" >&2; exit 2 ;; esac
 case "$PEM" in 0|1) ;; *) echo "error: PEM must be 0 or 1, got '$PEM'" >&2; exit 2 ;; esac
 case "$SPLIT" in test|val) ;; *) echo "error: SPLIT must be test or val, got '$SPLIT'" >&2; exit 2 ;; esac
 
@@ -53,15 +57,24 @@ step "encode + k-means ($CLUSTERS clusters) -> $RUN_DIR/caches"
 "$PYTHON" -m cfe.encode --checkpoint "$RUN_DIR/cfe/checkpoints/last.pt" --data-dir "$DATA_DIR" --dataset omniglot \
   --out "$RUN_DIR/caches" --clusters "$CLUSTERS" "${common[@]}" --resume $ENCODE_ARGS
 
-step "MAML ($([ "$PEM" = 1 ] && echo "+ PEM" || echo "PEM off"), $MAML_EPOCHS epochs) -> $MAML_DIR"
-"$PYTHON" -m maml.train --caches "$RUN_DIR/caches" --out "$MAML_DIR" --epochs "$MAML_EPOCHS" \
-  $([ "$PEM" = 1 ] || echo --no-pem) "${common[@]}" --resume $MAML_ARGS
+if [ "$METALEARNER" = maml ]; then
+  step "MAML ($([ "$PEM" = 1 ] && echo "+ PEM" || echo "PEM off"), $MAML_EPOCHS epochs) -> $LEARNER_DIR"
+  "$PYTHON" -m maml.train --caches "$RUN_DIR/caches" --out "$LEARNER_DIR" --epochs "$MAML_EPOCHS" \
+    $([ "$PEM" = 1 ] || echo --no-pem) "${common[@]}" --resume $MAML_ARGS
+  test_args=(--steps "$TEST_STEPS")
+else
+  step "EP ($EP_PRETRAIN_EPOCHS pre-training + $EP_FINETUNE_EPOCHS fine-tuning epochs) -> $LEARNER_DIR"
+  "$PYTHON" -m ep.train --caches "$RUN_DIR/caches" --out "$LEARNER_DIR" --pretrain-epochs "$EP_PRETRAIN_EPOCHS" \
+    --finetune-epochs "$EP_FINETUNE_EPOCHS" "${common[@]}" --resume $EP_ARGS
+  test_args=()
+fi
 
 for shots in $TEST_SHOTS; do
-  step "meta-test on $SPLIT, 5-way $shots-shot ($TEST_STEPS steps)"
-  # a result older than the model it tested (MAML trained on since) is made again
-  if [ "$MAML_DIR/results/${SPLIT}_5w${shots}s.json" -nt "$MAML_DIR/checkpoints/best.pt" ]; then echo "exists, skipped"
-  else "$PYTHON" -m maml.test --run "$MAML_DIR" --split "$SPLIT" --shots "$shots" --steps "$TEST_STEPS" \
+  step "meta-test on $SPLIT, 5-way $shots-shot ($METALEARNER)"
+  # a result older than the model it tested (trained on since) is made again
+  if [ "$LEARNER_DIR/results/${SPLIT}_5w${shots}s.json" -nt "$LEARNER_DIR/checkpoints/best.pt" ]; then
+    echo "exists, skipped"
+  else "$PYTHON" -m $METALEARNER.test --run "$LEARNER_DIR" --split "$SPLIT" --shots "$shots" "${test_args[@]}" \
     --device "$DEVICE" --threads "$THREADS"; fi
 done
 if [ -n "$TEST_SHOTS" ]; then

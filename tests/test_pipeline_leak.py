@@ -1,11 +1,11 @@
 """No training step reads the train split's true labels: replacing them changes nothing but the diagnostics.
 
-The chain cfe.train -> cfe.encode -> maml.train (PEM on), and its variant with neighbour smoothing and two k-means
-partitions (cfe.encode --knn-smooth 2 --partitions 2), runs on copies of a small synthetic dataset that differ
-only in the train split's labels Y: the true ones, a permutation of them, and random labels of another number of
-classes and other class sizes.
-Weights, pseudo-labels and the MAML+PEM model must be bit-identical; the pseudo-label quality reported against
-the (different) truth must differ.
+The chain cfe.train -> cfe.encode -> maml.train (PEM on) and ep.train (both stages), and its variant with
+neighbour smoothing and two k-means partitions (cfe.encode --knn-smooth 2 --partitions 2), runs on copies of a
+small synthetic dataset that differ only in the train split's labels Y: the true ones, a permutation of them, and
+random labels of another number of classes and other class sizes.
+Weights, pseudo-labels and the MAML+PEM and EP models must be bit-identical; the pseudo-label quality reported
+against the (different) truth must differ.
 """
 
 import json
@@ -17,6 +17,7 @@ import torch
 
 from cfe import encode as cfe_encode
 from cfe import train as cfe_train
+from ep import train as ep_train
 from fewshot.data import load_array, load_split, prepared_path, write_split
 from maml import train as maml_train
 from tests.conftest import assert_same
@@ -72,6 +73,9 @@ def pipeline(data: Path, runs: Path) -> dict:
                          "--epochs", "2", "--batches-per-epoch", "3", "--meta-batch", "2", "--hidden", "8",
                          "--pem-warmup", "0", "--pem-eta", "0", "--pem-candidates", "3",
                          "--val-tasks", "5", "--val-steps", "1", *common])
+    ep_train.main(["--caches", str(runs / "caches"), "--out", str(runs / "ep"), "--pretrain-epochs", "1",
+                   "--finetune-epochs", "1", "--batch-size", "64", "--tasks-per-epoch", "3", "--queries", "3",
+                   "--val-tasks", "3", "--hidden", "8", *common])
     return caches
 
 
@@ -151,6 +155,13 @@ def test_replacing_train_labels_changes_nothing_but_diagnostics(true_run, tmp_pa
     assert ma["best_acc"] == mb["best_acc"]
     rows = [json.loads(line) for line in (a / "maml/metrics.jsonl").read_text().splitlines()]
     assert [r["pem_rebuilt_batches"] for r in rows] == [3, 3]
+
+    # EP, pre-trained on the pseudo-labels then fine-tuned on their tasks
+    ea, eb = ckpt(a / "ep/checkpoints/last.pt"), ckpt(b / "ep/checkpoints/last.pt")
+    assert ea["stage"] == "finetune" and ea["arch"]["classes"] == K and ea["epoch"] == 2
+    assert_same_state(ea["model"], eb["model"], "ep model")
+    assert_same_state(ea["optimizer"], eb["optimizer"], "ep optimizer")
+    assert ea["best_acc"] == eb["best_acc"]
 
     # the variant: smoothed embedding, two partitions side by side in the train cache, MAML + PEM on them
     pa, pb = (np.load(c["-p2"]["train"]) for c in (caches_a, caches_b))

@@ -263,3 +263,18 @@ def test_creat_env_makes_a_venv_cut_short_before_pip_again(tmp_path):
     rc, out, calls = run_env(root, "bash creat_env.sh", fail_on="pip --version")  # no pip in the .venv yet
     assert rc == 0, out
     assert "python3 -m venv .venv" in calls and (root / ".venv" / ".installed").is_file()
+
+
+def test_ep_trains_and_tests_on_the_same_caches(tmp_path):
+    rc, err, calls = run_script(tmp_path, METALEARNER="ep", EP_ARGS="--backbone conv4")
+    assert rc == 0, err
+    assert [m for m, _ in calls] == ["cfe.train", "cfe.encode", "ep.train", "ep.test", "ep.test", "fewshot.baseline",
+                                     "fewshot.report"]
+    train = args_of(calls, "ep.train")
+    run = str(tmp_path / "run")
+    assert option(train, "--caches") == f"{run}/caches" and option(train, "--out") == f"{run}/ep"
+    assert option(train, "--pretrain-epochs") == "20" and option(train, "--finetune-epochs") == "10"
+    assert option(train, "--backbone") == "conv4"
+    assert all("--steps" not in a and option(a, "--run") == f"{run}/ep" for m, a in calls if m == "ep.test")
+    rc, err, calls = run_script(tmp_path, METALEARNER="protonet")
+    assert rc == 2 and calls == [] and "METALEARNER must be maml or ep" in err

@@ -1,6 +1,7 @@
 """fewshot.backbones: SplitBatchNorm2d normalises each group of the batch on its own (as per-GPU BatchNorm does)
 and is plain BatchNorm2d in eval mode."""
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -62,3 +63,15 @@ def test_conv4_with_split_batchnorm_loads_into_a_plain_conv4():
     plain.load_state_dict(split.state_dict())
     x = torch.randn(3, 1, 28, 28)
     torch.testing.assert_close(split.eval()(x), plain.eval()(x))
+
+
+def test_backbones_by_name_give_their_feature_width():
+    from fewshot.backbones import make_backbone
+    from fewshot.errors import UserError
+    conv4 = make_backbone("conv4", 1, 8)
+    assert conv4(torch.zeros(2, 1, 28, 28)).shape == (2, conv4.out_dim(28)) == (2, 8)
+    resnet = make_backbone("resnet12", 3, 0)
+    assert resnet(torch.zeros(2, 3, 84, 84)).shape == (2, resnet.out_dim(84)) == (2, 640)
+    assert sum(p.numel() for p in resnet.parameters()) > 12_000_000  # the standard 12.4M-parameter network
+    with pytest.raises(UserError, match="unknown backbone 'vit'"):
+        make_backbone("vit", 3, 0)

@@ -1,0 +1,162 @@
+"""Train Embedding Propagation (EP) on the pseudo-labelled caches written by cfe.encode.
+
+    python -m ep.train --caches runs/omniglot/caches --out runs/omniglot/ep
+    python -m ep.train --supervised --train-cache data/omniglot/omniglot_cache_train.npz \\
+        --val-cache data/omniglot/omniglot_cache_val.npz --out runs/omniglot-supervised/ep
+
+Two stages in one run folder, epochs numbered on (docs/design.md, "EP"): pre-training, --pretrain-epochs passes
+over the train images in batches of --batch-size, each image in its four rotations; then episodic fine-tuning,
+--finetune-epochs of --tasks-per-epoch tasks, from the pre-training's best model. After every epoch the model is
+scored by label propagation on fixed val tasks; a stage's learning rate falls tenfold after --patience epochs
+without a better score (upstream's ReduceLROnPlateau). Training reads the train cache's images and
+pseudo-labels, never its true labels but with --supervised.
+Writes into --out: config.json (read back by ep.test), metrics.jsonl, checkpoints/last.pt after every epoch,
+checkpoints/best.pt (the highest val accuracy of all epochs; the last epoch without a val cache) and
+checkpoints/epoch_NNNN.pt every --save-every epochs.
+"""
+
+import time
+from pathlib import Path
+
+import torch
+
+from ep.loop import evaluate, finetune_epoch, pretrain_epoch
+from ep.model import EPNet
+from fewshot.backbones import BACKBONES, check_image_side
+from fewshot.caches import add_cache_options, load_train, load_val_tasks, resolve_caches
+from fewshot.checkpoint import load_checkpoint, load_state, save_epoch
+from fewshot.cli import (
+    DEVICE_HELP,
+    THREADS_HELP,
+    make_parser,
+    nonneg_float,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    seed_int,
+)
+from fewshot.episodes import EpisodeSampler
+from fewshot.errors import UserError, cli_main
+from fewshot.io import JsonlLog, prepare_run_dir, provenance
+from fewshot.metrics import mean_ci95
+from fewshot.runtime import pick_device, seed_everything, set_threads
+
+
+def get_parser():
+    p = make_parser("python -m ep.train", __doc__)
+    add_cache_options(p, centres=False)
+    p.add_argument("--out", required=True, help="run folder")
+    net = p.add_argument_group("network")
+    net.add_argument("--backbone", choices=BACKBONES, default="conv4", help="conv4 (28 px) or resnet12 (84 px)")
+    net.add_argument("--hidden", type=positive_int, default=64, help="conv4's channels")
+    pre = p.add_argument_group("stage 1: pre-training")
+    pre.add_argument("--pretrain-epochs", type=nonneg_int, default=200, help="passes over the train images")
+    pre.add_argument("--batch-size", type=positive_int, default=128, help="images per step (x4 rotations)")
+    pre.add_argument("--pretrain-lr", type=positive_float, default=0.1, help="SGD learning rate")
+    pre.add_argument("--rotation-weight", type=nonneg_float, default=1.0, help="weight of the rotation loss")
+    fine = p.add_argument_group("stage 2: episodic fine-tuning (and the val tasks)")
+    fine.add_argument("--finetune-epochs", type=nonneg_int, default=200, help="fine-tuning epochs")
+    fine.add_argument("--tasks-per-epoch", type=positive_int, default=600, help="tasks per fine-tuning epoch")
+    fine.add_argument("--finetune-lr", type=positive_float, default=0.001, help="SGD learning rate")
+    fine.add_argument("--classifier-weight", type=nonneg_float, default=0.1,
+                      help="weight of the classifier's loss beside the label-propagation loss")
+    fine.add_argument("--ways", type=positive_int, default=5, help="classes per task")
+    fine.add_argument("--shots", type=positive_int, default=1, help="support images per way")
+    fine.add_argument("--queries", type=positive_int, default=15, help="query images per way")
+    run = p.add_argument_group("optimiser, validation, checkpoints and runtime")
+    run.add_argument("--weight-decay", type=nonneg_float, default=5e-4, help="SGD weight decay")
+    run.add_argument("--patience", type=nonneg_int, default=10,
+                     help="epochs without a better val accuracy before the learning rate falls tenfold")
+    run.add_argument("--val-tasks", type=positive_int, default=600, help="val tasks per epoch (fixed set)")
+    run.add_argument("--seed", type=seed_int, default=0, help="seed of the weights, batches and tasks")
+    run.add_argument("--save-every", type=nonneg_int, default=20, help="keep a snapshot every N epochs (0: none)")
+    run.add_argument("--resume", action="store_true", help="continue from --out/checkpoints/last.pt if present")
+    run.add_argument("--device", default="auto", help=DEVICE_HELP)
+    run.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
+    return p
+
+
+def load_train_images(args, path) -> tuple:
+    X, labels, partition = load_train(path, args.supervised)
+    h, w, _ = X.shape[1:]
+    if h != w:  # the rotations need square images
+        raise UserError(f"{path}: images are {h}x{w}; EP's rotation loss needs square images")
+    check_image_side(h, path)
+    if args.pretrain_epochs and len(X) < args.batch_size:
+        raise UserError(f"{path}: {len(X)} images, fewer than one batch of --batch-size {args.batch_size}")
+    return X, labels, partition
+
+
+def stage_optimiser(args, model, stage: str):
+    """(optimizer, scheduler) of a stage: upstream's SGD (Nesterov momentum 0.9) and ReduceLROnPlateau."""
+    lr = args.pretrain_lr if stage == "pretrain" else args.finetune_lr
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=args.weight_decay,
+                                nesterov=True)
+    return optimizer, torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", patience=args.patience)
+
+
+def resume(last: Path, model, args) -> tuple:
+    """(epoch to start from, best val accuracy, optimizer, scheduler) from last.pt."""
+    ckpt = load_checkpoint(last, "ep", required=("model", "optimizer", "scheduler", "epoch", "best_acc"))
+    load_state(model, ckpt["model"], last)
+    optimizer, scheduler = stage_optimiser(args, model, stage_of(args, ckpt["epoch"] - 1))
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    print(f"resumed from {last} at epoch {ckpt['epoch']}")
+    return ckpt["epoch"], ckpt["best_acc"], optimizer, scheduler
+
+
+def stage_of(args, epoch: int) -> str:
+    """The stage of a (zero-based) epoch."""
+    return "pretrain" if epoch < args.pretrain_epochs else "finetune"
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    caches = resolve_caches(args)
+    config = {**vars(args), **caches, "learner": "ep"}
+    set_threads(args.threads)
+    device = pick_device(args.device)
+    X_np, labels, partition = load_train_images(args, caches["train_cache"])
+    sampler = EpisodeSampler(labels, args.ways, args.shots, args.queries, groups=partition)
+    X_val, val_tasks = load_val_tasks(caches["val_cache"], X_np.shape[1:], args.ways, args.shots, args.queries,
+                                      args.val_tasks, args.seed)
+    out, total = Path(args.out), args.pretrain_epochs + args.finetune_epochs
+    last, best = out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
+    resuming = args.resume and last.exists()
+    prepare_run_dir(out, config, resume=args.resume)
+
+    seed_everything(args.seed)
+    h, _, c = X_np.shape[1:]
+    model = EPNet(args.backbone, c, args.hidden, h, int(labels.max()) + 1).to(device)
+    start, best_acc, optimizer, scheduler = resume(last, model, args) if resuming else \
+        (0, -1.0, *stage_optimiser(args, model, stage_of(args, 0)))
+    X, labels = torch.from_numpy(X_np), torch.from_numpy(labels)
+    log = JsonlLog(out / "metrics.jsonl", start_epoch=start)
+    for epoch in range(start, total):
+        stage, t0 = stage_of(args, epoch), time.time()
+        if epoch == args.pretrain_epochs and epoch > 0:  # fine-tuning starts from the best pre-trained model,
+            load_state(model, load_checkpoint(best, "ep")["model"], best)  # which best.pt holds until then
+            optimizer, scheduler = stage_optimiser(args, model, stage)
+        if stage == "pretrain":
+            row = pretrain_epoch(args, epoch, model, optimizer, X, labels, device)
+        else:
+            row = finetune_epoch(args, epoch, model, optimizer, sampler, X, labels, device)
+        if val_tasks:
+            row["val_acc"], row["val_ci95"] = mean_ci95(evaluate(model, X_val, val_tasks, device, "val"))
+            scheduler.step(row["val_acc"])
+        row.update(stage=stage, lr=optimizer.param_groups[0]["lr"], seconds=round(time.time() - t0, 2))
+        score = row.get("val_acc", float(epoch))  # without val: the latest epoch
+        improved, best_acc = score >= best_acc, max(best_acc, score)
+        log.write(**row)
+        print(f"ep {stage} epoch {epoch + 1}/{total} loss {row['loss']:.4f} train acc {row['train_acc']:.3f}"
+              + (f" val acc {row['val_acc']:.4f}" if val_tasks else "") + f" ({row['seconds']:.0f}s)")
+        state = dict(arch=model.arch, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                     scheduler=scheduler.state_dict(), epoch=epoch + 1, stage=stage, best_acc=best_acc, config=config,
+                     provenance=provenance(),
+                     selection="best val accuracy" if val_tasks else "last epoch (no val split)")
+        save_epoch(out, "ep", epoch + 1, args.save_every, improved, state)
+
+
+if __name__ == "__main__":
+    cli_main(main, resumable=True)
