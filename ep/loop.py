@@ -49,14 +49,26 @@ def finetune_epoch(args, epoch, model, optimizer, sampler, X, labels, device) ->
     return dict(epoch=epoch + 1, loss=float(np.mean(losses)), train_acc=float(np.mean(accs)))
 
 
-def evaluate_task(model, X, task, device) -> float:
-    """Query accuracy of label propagation on one task (its unlabelled images, if any, join the graph)."""
-    xs, ys, xq, yq = task_tensors(X, task, device)
-    xu = to_float(X[torch.from_numpy(task.unlabeled)].to(device))
-    return (predict(model, xs, ys, xq, xu, len(task.classes)) == yq).float().mean().item()
+def evaluate_tasks(model, X, tasks, device) -> list:
+    """Query accuracy of label propagation on each task (its unlabelled images, if any, join the graph); tasks of
+    one shape are evaluated together."""
+    shapes = {(len(t.support), len(t.query), len(t.unlabeled), len(t.classes)) for t in tasks}
+    if len(shapes) > 1:
+        return [acc for t in tasks for acc in evaluate_tasks(model, X, [t], device)]
+
+    def images(part):  # T x n x C x H x W
+        return torch.stack([to_float(X[torch.from_numpy(np.asarray(getattr(t, part)))].to(device)) for t in tasks])
+
+    def labels(part):
+        return torch.stack([torch.from_numpy(np.asarray(getattr(t, part))).long().to(device) for t in tasks])
+
+    pred = predict(model, images("support"), labels("support_y"), images("query"), images("unlabeled"),
+                   len(tasks[0].classes))
+    return (pred == labels("query_y")).float().mean(1).tolist()
 
 
-def evaluate(model, X, tasks, device, desc="eval") -> list:
+def evaluate(model, X, tasks, device, desc="eval", batch=16) -> list:
     """Per-task query accuracies, in eval mode (BatchNorm's running statistics, as upstream tests)."""
     model.eval()
-    return [evaluate_task(model, X, t, device) for t in tqdm(tasks, desc=desc, leave=False, mininterval=2)]
+    return [acc for i in tqdm(range(0, len(tasks), batch), desc=desc, leave=False, mininterval=2)
+            for acc in evaluate_tasks(model, X, tasks[i:i + batch], device)]

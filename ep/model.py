@@ -16,6 +16,7 @@ from ep.propagation import embedding_propagation, label_propagation, label_propa
 from fewshot.backbones import make_backbone
 
 ROTATIONS = 4
+IMAGES_PER_PASS = 256  # predict's backbone passes
 
 
 class EPNet(nn.Module):
@@ -66,9 +67,13 @@ def episode_loss(model: EPNet, xs, ys, xq, yq, classes_s, classes_q, ways: int, 
 
 @torch.no_grad()
 def predict(model: EPNet, xs, ys, xq, xu, ways: int) -> torch.Tensor:
-    """Predicted labels of the queries xq of one task, given its support (xs, ys) and unlabelled images xu
-    (possibly none), which join the graph as the queries do."""
-    z = model(torch.cat([xs, xq, xu]))
-    labels = torch.cat([ys, ys.new_full((len(xq) + len(xu),), -1)])
-    scores = label_propagation(embedding_propagation(z[None]), labels[None], ways)[0]
-    return scores[len(xs):len(xs) + len(xq)].argmax(-1)
+    """Predicted labels (T x Q) of the queries of T tasks of one shape, given their support sets and unlabelled
+    images, which join the graph as the queries do. xs: T x S x C x H x W, ys: T x S, xq: T x Q x C x H x W,
+    xu: T x U x C x H x W (U may be 0)."""
+    t, s, q = xs.shape[0], xs.shape[1], xq.shape[1]
+    x = torch.cat([xs, xq, xu], 1)  # T x n x C x H x W
+    # T x n x D; in eval mode each image on its own, so in chunks: one pass over thousands of images is slower on
+    # a CPU (its activations leave the caches) than passes over a few hundred
+    z = torch.cat([model(chunk) for chunk in x.flatten(0, 1).split(IMAGES_PER_PASS)]).view(t, x.shape[1], -1)
+    labels = torch.cat([ys, ys.new_full((t, x.shape[1] - s), -1)], 1)  # T x n
+    return label_propagation(embedding_propagation(z), labels, ways)[:, s:s + q].argmax(-1)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from ep.loop import evaluate_task
+from ep.loop import evaluate_tasks
 from ep.model import EPNet
 from fewshot.checkpoint import load_checkpoint, load_state
-from fewshot.cli import DEVICE_HELP, THREADS_HELP, make_parser, nonneg_int
+from fewshot.cli import DEVICE_HELP, THREADS_HELP, make_parser, nonneg_int, positive_int
 from fewshot.errors import UserError, cli_main
 from fewshot.evaluation import add_task_options, run_test, save_result, test_tasks
 from fewshot.io import load_json, provenance
@@ -39,6 +39,7 @@ def get_parser():
     p.add_argument("--output", help="results JSON (default: RUN/results/{split}_{ways}w{shots}s.json, with "
                                     "_{N}u[{D}d] for unlabelled images, _NAME for another --cache or --episodes "
                                     "file NAME.json and for a checkpoint other than best)")
+    p.add_argument("--batch", type=positive_int, default=16, help="tasks evaluated together")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
     return p
@@ -71,7 +72,7 @@ def main(argv=None):
                    {"checkpoint": str(path)})
     X = torch.from_numpy(t.X)
     model.eval()
-    result = run_test(t, lambda task: evaluate_task(model, X, task, device), path)
+    result = run_test(t, lambda tasks: evaluate_tasks(model, X, tasks, device), path, args.batch)
     selection = ckpt.get("selection", "") if tag is None else f"{path.stem} checkpoint, not the run's selection"
     result.update(learner="ep", checkpoint_epoch=ckpt["epoch"], model_selection=selection, **prov)
     save_result(t, result, f"label propagation; {selection}, epoch {ckpt['epoch']}")

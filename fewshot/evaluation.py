@@ -117,22 +117,26 @@ def task_tensors(X: torch.Tensor, task: Task, device):
     return rows(task.support), labels(task.support_y), rows(task.query), labels(task.query_y)
 
 
-def evaluate_resumably(evaluate_task, tasks, partial: Path, key: dict) -> tuple[list, int]:
+def evaluate_resumably(evaluate_tasks, tasks, partial: Path, key: dict, batch: int = 1) -> tuple[list, int]:
     """(per-task accuracies, how many were read back): the accuracies `partial` holds for these very settings
-    (`key`), then `evaluate_task(task)` of the remaining tasks, written back to `partial` every PARTIAL_EVERY
-    tasks or PARTIAL_SECONDS and when stopped, so a killed test continues where it was."""
+    (`key`), then `evaluate_tasks(chunk)` (a list of accuracies) of the remaining tasks in chunks of `batch`,
+    written back to `partial` every PARTIAL_EVERY tasks or PARTIAL_SECONDS and when stopped, so a killed test
+    continues where it was."""
     done = load_json(partial) if partial.is_file() else {}
     accs = list(done.get("per_task_accuracy", [])) if done.get("settings") == key else []
     if done and not accs:
         print(f"{partial}: from a test with other settings; starting over")
     resumed, saved, last_write = len(accs), len(accs), time.time()
     try:
-        for task in tqdm(tasks[resumed:], desc="test", initial=resumed, total=len(tasks), leave=False,
-                         mininterval=2):
-            accs.append(evaluate_task(task))
-            if len(accs) - saved >= PARTIAL_EVERY or time.time() - last_write >= PARTIAL_SECONDS:
-                save_json(partial, {"settings": key, "per_task_accuracy": accs})
-                saved, last_write = len(accs), time.time()
+        with tqdm(desc="test", initial=resumed, total=len(tasks), leave=False, mininterval=2) as bar:
+            for start in range(resumed, len(tasks), batch):
+                chunk = evaluate_tasks(tasks[start:start + batch])
+                assert len(chunk) == len(tasks[start:start + batch]), "one accuracy per task"
+                accs += chunk
+                bar.update(len(chunk))
+                if len(accs) - saved >= PARTIAL_EVERY or time.time() - last_write >= PARTIAL_SECONDS:
+                    save_json(partial, {"settings": key, "per_task_accuracy": accs})
+                    saved, last_write = len(accs), time.time()
     finally:
         if len(accs) > saved:
             save_json(partial, {"settings": key, "per_task_accuracy": accs})
@@ -172,15 +176,16 @@ def test_tasks(args, run: Path, cfg: dict, image_shape: tuple, default_queries: 
     return TestTasks(settings, tasks, X, cache, out, seen, split.labels, args.save_episodes)
 
 
-def run_test(t: TestTasks, evaluate_task, checkpoint) -> dict:
-    """Evaluate every task (resuming a killed test from {out}.partial.json); the result's common entries."""
+def run_test(t: TestTasks, evaluate_tasks, checkpoint, batch: int = 1) -> dict:
+    """Evaluate every task, `batch` at a time (resuming a killed test from {out}.partial.json); the result's
+    common entries."""
     if t.save_episodes:
         meta = {k: t.settings[k] for k in ("ways", "shots", "queries", "seed")}
         save_episodes(t.save_episodes, t.tasks, t.cache, meta, labels=t.labels)
     t0, partial = time.time(), t.out.with_name(t.out.name + ".partial.json")
     key = {**{k: comparable(k, v) for k, v in t.settings.items()}, "tasks_sha256": tasks_sha256(t.tasks),
            "checkpoint_sha256": file_sha256(checkpoint), "cache_sha256": file_sha256(t.cache)}
-    accs, resumed = evaluate_resumably(evaluate_task, t.tasks, partial, key)
+    accs, resumed = evaluate_resumably(evaluate_tasks, t.tasks, partial, key, batch)
     mean, ci = mean_ci95(accs)
     return {**t.settings, "tasks_sha256": key["tasks_sha256"], "accuracy": mean, "ci95": ci,
             "ci95_method": CI95_METHOD, "seen_classes": t.seen_classes, "seconds": round(time.time() - t0, 1),

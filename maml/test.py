@@ -67,8 +67,8 @@ def main(argv=None):
 
     X = torch.from_numpy(t.X)
     model.eval()  # no-op for the batch-statistics network, kept for models that care
-    result = run_test(t, lambda task: evaluate_task(model, *task_tensors(X, task, device), args.steps, inner_lr)[0],
-                      ckpt_path)
+    result = run_test(t, lambda tasks: [evaluate_task(model, *task_tensors(X, tasks[0], device), args.steps,
+                                                      inner_lr)[0]], ckpt_path)
     result.update(head=head, checkpoint_epoch=ckpt["epoch"], model_selection=selection, **prov)
     new_head = f"; head {head}" if t.settings["ways"] != arch["n_way"] else ""
     save_result(t, result, f"{args.steps} steps; {selection}, epoch {ckpt['epoch']}{new_head}")

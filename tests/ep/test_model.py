@@ -48,9 +48,12 @@ def test_fine_tuning_trains_the_classifier_only_with_its_weight():
     assert not g["classifier.weight"] and not g["rotation.weight"] and g["backbone.blocks.0.0.weight"]
 
 
-def test_prediction_takes_unlabelled_images_or_none():
+def test_prediction_of_tasks_together_is_that_of_each_alone():
     model = tiny().eval()
-    xs, ys, xq = torch.rand(5, 1, 28, 28), torch.arange(5), torch.rand(7, 1, 28, 28)
-    plain = predict(model, xs, ys, xq, torch.zeros(0, 1, 28, 28), ways=5)
-    semi = predict(model, xs, ys, xq, torch.rand(10, 1, 28, 28), ways=5)
-    assert plain.shape == semi.shape == (7,) and int(plain.max()) < 5
+    xs, ys, xq = torch.rand(3, 5, 1, 28, 28), torch.arange(5).expand(3, 5), torch.rand(3, 7, 1, 28, 28)
+    for xu in (torch.zeros(3, 0, 1, 28, 28), torch.rand(3, 10, 1, 28, 28)):
+        together = predict(model, xs, ys, xq, xu, ways=5)
+        assert together.shape == (3, 7) and int(together.max()) < 5
+        for t in range(3):
+            alone = predict(model, xs[t:t + 1], ys[t:t + 1], xq[t:t + 1], xu[t:t + 1], ways=5)
+            assert torch.equal(alone[0], together[t])
