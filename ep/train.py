@@ -37,7 +37,7 @@ from fewshot.cli import (
 )
 from fewshot.episodes import EpisodeSampler
 from fewshot.errors import UserError, cli_main
-from fewshot.io import JsonlLog, prepare_run_dir, provenance
+from fewshot.io import RESUMABLE_CHANGES, JsonlLog, prepare_run_dir, provenance
 from fewshot.metrics import mean_ci95
 from fewshot.runtime import pick_device, seed_everything, set_threads
 
@@ -55,7 +55,8 @@ def get_parser():
     pre.add_argument("--pretrain-lr", type=positive_float, default=0.1, help="SGD learning rate")
     pre.add_argument("--rotation-weight", type=nonneg_float, default=1.0, help="weight of the rotation loss")
     fine = p.add_argument_group("stage 2: episodic fine-tuning (and the val tasks)")
-    fine.add_argument("--finetune-epochs", type=nonneg_int, default=200, help="fine-tuning epochs")
+    fine.add_argument("--finetune-epochs", type=nonneg_int, default=200,
+                      help="fine-tuning epochs (may grow on --resume)")
     fine.add_argument("--tasks-per-epoch", type=positive_int, default=600, help="tasks per fine-tuning epoch")
     fine.add_argument("--finetune-lr", type=positive_float, default=0.001, help="SGD learning rate")
     fine.add_argument("--classifier-weight", type=nonneg_float, default=0.1,
@@ -124,7 +125,8 @@ def main(argv=None):
     out, total = Path(args.out), args.pretrain_epochs + args.finetune_epochs
     last, best = out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
     resuming = args.resume and last.exists()
-    prepare_run_dir(out, config, resume=args.resume)
+    # fine-tuning may be lengthened on resume; pre-training not, as fine-tuning starts from its end
+    prepare_run_dir(out, config, resume=args.resume, may_change=(*RESUMABLE_CHANGES, "finetune_epochs"))
 
     seed_everything(args.seed)
     h, _, c = X_np.shape[1:]

@@ -273,7 +273,7 @@ def test_ep_trains_and_tests_on_the_same_caches(tmp_path):
     train = args_of(calls, "ep.train")
     run = str(tmp_path / "run")
     assert option(train, "--caches") == f"{run}/caches" and option(train, "--out") == f"{run}/ep"
-    assert option(train, "--pretrain-epochs") == "20" and option(train, "--finetune-epochs") == "10"
+    assert option(train, "--pretrain-epochs") == "10" and option(train, "--finetune-epochs") == "5"
     assert option(train, "--backbone") == "conv4"
     assert all("--steps" not in a and option(a, "--run") == f"{run}/ep" for m, a in calls if m == "ep.test")
     rc, err, calls = run_script(tmp_path, METALEARNER="protonet")
