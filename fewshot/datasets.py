@@ -2,6 +2,7 @@
 
     python -m fewshot.datasets omniglot --source ../shared/data/omniglot/omniglot.tar.xz --out data/omniglot
     python -m fewshot.datasets digits --out data/digits
+    python -m fewshot.datasets glyphs --out data/glyphs
 
 Writes {name}_cache_{train,val,test}.npz (uint8 NHWC images, true labels) and prepare.json into --out.
 """
@@ -52,6 +53,14 @@ def prepare_digits(source, out: Path) -> tuple:
             {"train": (img[y < 5], y[y < 5]), "test": (img[y >= 5], y[y >= 5])})
 
 
+def prepare_glyphs(source, out: Path) -> tuple:
+    """Made-up characters drawn by fewshot.glyphs (no download): 150 train, 50 val and 50 test classes of 20
+    images each. `source` is unused."""
+    from fewshot import glyphs
+
+    return "fewshot.glyphs, seed 0", glyphs.make_splits(seed=0)
+
+
 def _scratch_dir():
     """A temporary folder, removed when the `with` block ends (not inside --out, which a failure leaves alone)."""
     try:
@@ -69,7 +78,7 @@ def _unmark_prepared(marker: Path) -> None:
         raise UserError(f"{marker}: cannot remove the earlier preparation's marker ({e.strerror})") from None
 
 
-DATASETS = {"omniglot": prepare_omniglot, "digits": prepare_digits}
+DATASETS = {"omniglot": prepare_omniglot, "digits": prepare_digits, "glyphs": prepare_glyphs}
 
 
 def image_file_loader(name: str, shape: tuple):

@@ -1,4 +1,4 @@
-"""scripts/quickstart.sh at a tiny budget: every stage runs on the digits, and the table shows the pipeline beside
+"""scripts/quickstart.sh at a tiny budget: every stage runs on the glyphs, and the table shows the pipeline beside
 the raw-pixel baseline with their paired difference on the same test tasks."""
 
 import os
@@ -26,6 +26,6 @@ def test_quickstart_runs_the_pipeline_beside_the_baseline(tmp_path):
     for s in (1, 5):
         assert pipeline[s]["tasks"] == pixels[s]["tasks"] == 20 and pipeline[s]["split"] == "test"
     assert "| maml-pem | MAML + PEM | test |" in r.stdout and "raw pixels, nearest prototype" in r.stdout
-    for s in (1, 5):  # the same tasks of digits 5-9, so the two pair task by task
+    for s in (1, 5):  # the same tasks of the test glyphs, so the two pair task by task
         assert pipeline[s]["tasks_sha256"] == pixels[s]["tasks_sha256"]
         assert f"- maml-pem - pixels, test 5-way {s}-shot:" in r.stdout
