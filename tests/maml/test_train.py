@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import maml.pem
+from fewshot import checkpoint
 from fewshot.data import load_split, write_split
 from fewshot.errors import UserError
 from fewshot.io import read_jsonl, save_npz
@@ -134,18 +135,18 @@ def test_a_shorter_run_grows_its_epochs_on_resume_to_the_longer_runs_result(cach
 def test_a_run_killed_while_saving_resumes_to_the_uninterrupted_result(caches, straight, tmp_path, monkeypatch):
     """Killed inside an epoch's writes (after metrics.jsonl and maybe best.pt, before last.pt), not at a clean
     epoch boundary: the resume redoes that epoch from the previous last.pt, logs it once and ends as a whole run."""
-    out, save = tmp_path / "run", maml_train.save_checkpoint
+    out, save = tmp_path / "run", checkpoint.save_checkpoint  # what save_epoch calls
 
     def killed_at_epoch_2s_last_pt(path, kind, **state):
         if path.name == "last.pt" and state["epoch"] == 2:
             raise KeyboardInterrupt
         save(path, kind, **state)
 
-    monkeypatch.setattr(maml_train, "save_checkpoint", killed_at_epoch_2s_last_pt)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", killed_at_epoch_2s_last_pt)
     with pytest.raises(KeyboardInterrupt):
         run(caches, out)
     assert load(out)["epoch"] == 1 and [r["epoch"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2]
-    monkeypatch.setattr(maml_train, "save_checkpoint", save)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save)
     run(caches, out, "--resume")
     for name in ("last", "best"):
         a, b = load(straight, name), load(out, name)
