@@ -388,3 +388,13 @@ def test_the_val_split_is_tested_as_easily_as_the_test_split(own_run, tmp_path):
     evaluate_run(own_run, "--cache", val, "--tasks", 4, "--output", tmp_path / "named.json")  # the run's val cache
     named = results(tmp_path / "named.json")
     assert named["split"] == "val" and named["per_task_accuracy"] == on_val["per_task_accuracy"]
+
+
+def test_unlabelled_images_leave_maml_s_result_as_it_was(own_run):
+    """MAML ignores the unlabelled images of semi-supervised tasks: the same tasks, the same accuracies, so its row
+    stays comparable with EP's; the result is named and recorded as semi-supervised."""
+    evaluate_run(own_run, "--tasks", 4, "--queries", 2)
+    evaluate_run(own_run, "--tasks", 4, "--queries", 2, "--unlabeled", 2, "--distractors", 1)
+    plain, semi = results(own_run / "results/test_5w1s.json"), results(own_run / "results/test_5w1s_2u1d.json")
+    assert (semi["unlabeled"], semi["distractors"]) == (2, 1) and plain["unlabeled"] == 0
+    assert semi["tasks_sha256"] == plain["tasks_sha256"] and semi["per_task_accuracy"] == plain["per_task_accuracy"]
