@@ -3,8 +3,13 @@
     python -m fewshot.datasets omniglot --source ../shared/data/omniglot/omniglot.tar.xz --out data/omniglot
     python -m fewshot.datasets digits --out data/digits
     python -m fewshot.datasets glyphs --out data/glyphs
+    python -m fewshot.datasets miniimagenet --source path/to/miniimagenet --out data/miniimagenet
+    python -m fewshot.datasets tieredimagenet --source path/to/tieredimagenet --out data/tieredimagenet
+    python -m fewshot.datasets imagefolder --source path/to/images --out data/myimages
+    python -m fewshot.datasets cifar10 --source ../shared/data/cifar10/cifar10-jpeg.tar.gz --out data/cifar10
 
-Writes {name}_cache_{train,val,test}.npz (uint8 NHWC images, true labels) and prepare.json into --out.
+Writes {name}_cache_{train,val,test}.npz (uint8 NHWC images, true labels) and prepare.json into --out; the readers
+of fewshot.imagenet and fewshot.imagefolder also record each split's class names, in label order, in prepare.json.
 """
 
 import tempfile
@@ -16,6 +21,8 @@ from PIL import Image, UnidentifiedImageError
 from fewshot.cli import make_parser
 from fewshot.data import SPLITS, assert_disjoint_classes, check_split, prepared_path, write_split
 from fewshot.errors import UserError, cli_main
+from fewshot.imagefolder import prepare_cifar10, prepare_imagefolder, to_pixels
+from fewshot.imagenet import prepare_miniimagenet, prepare_tieredimagenet
 from fewshot.io import provenance, save_json
 
 
@@ -78,7 +85,11 @@ def _unmark_prepared(marker: Path) -> None:
         raise UserError(f"{marker}: cannot remove the earlier preparation's marker ({e.strerror})") from None
 
 
-DATASETS = {"omniglot": prepare_omniglot, "digits": prepare_digits, "glyphs": prepare_glyphs}
+# A preparer returns (how, {split: (X, Y)}), or (how, {split: (X, Y)}, {split: [class name of each label, in order]})
+DATASETS = {"omniglot": prepare_omniglot, "digits": prepare_digits, "glyphs": prepare_glyphs,
+            "miniimagenet": prepare_miniimagenet, "tieredimagenet": prepare_tieredimagenet,
+            "imagefolder": prepare_imagefolder, "cifar10": prepare_cifar10}
+RGB_READERS = ("miniimagenet", "tieredimagenet", "imagefolder", "cifar10")  # their pixels: imagefolder.to_pixels
 
 
 def image_file_loader(name: str, shape: tuple):
@@ -94,6 +105,8 @@ def image_file_loader(name: str, shape: tuple):
 
             return to_cache_pixels(img)
         h, w, c = shape
+        if name in RGB_READERS and h == w and c == 3:
+            return to_pixels(img, h)
         img = img.convert("L" if c == 1 else "RGB").resize((w, h), Image.BILINEAR)
         return np.asarray(img).reshape(h, w, c)
     return load
@@ -113,16 +126,19 @@ def main(argv=None):
         raise UserError(f"unknown dataset '{args.name}'; known: {', '.join(DATASETS)}")
     prov = provenance()  # as the run starts: a commit made during a long download must not be named
     out = Path(args.out)
-    how, splits = DATASETS[args.name](args.source, out)
+    how, splits, *names = DATASETS[args.name](args.source, out)
     # Check everything before writing anything: a source that fails (overlapping classes, bad images) leaves
     # no caches behind, and prepare.json, written last, marks a complete preparation.
     splits = {s: check_split(X, Y, f"{args.name} {s} split") for s, (X, Y) in splits.items()}
     assert_disjoint_classes({s: Y for s, (X, Y) in splits.items()})
+    classes = {"classes": names[0]} if names else {}  # {split: [the class name of each label, in label order]}
+    for s, split_names in classes.get("classes", {}).items():
+        assert len(split_names) == len(np.unique(splits[s][1])), (s, len(split_names))  # one name per label
     _unmark_prepared(out / "prepare.json")
     for s, (X, Y) in splits.items():
         write_split(prepared_path(out, args.name, s), X, Y)
     info = {s: {"images": int(len(Y)), "classes": int(len(np.unique(Y)))} for s, (X, Y) in splits.items()}
-    save_json(out / "prepare.json", {"dataset": args.name, "source": how, "splits": info, **prov})
+    save_json(out / "prepare.json", {"dataset": args.name, "source": how, "splits": info, **classes, **prov})
     print(f"{args.name}: " + ", ".join(f"{s} {v['images']} images / {v['classes']} classes"
                                         for s, v in info.items()) + f" -> {out}")
 
