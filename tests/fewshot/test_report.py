@@ -174,3 +174,17 @@ def test_task_mismatch_is_the_one_pairing_rule():
     assert task_mismatch(a, {**a, "tasks_sha256": "cd"}) == "tasks_sha256 ab vs cd"
     assert task_mismatch(a, {**a, "per_task_accuracy": [0.5]}) == "number of per-task accuracies"
     assert task_mismatch(a, {**a, "per_task_accuracy": None}) == "no per-task accuracies of sampled tasks"
+
+
+def test_ep_runs_and_semi_supervised_results_get_rows_of_their_own(tmp_path):
+    make_pipeline(tmp_path)
+    save_json(tmp_path / "ep" / "config.json", {"learner": "ep", "pretrain_epochs": 10, "finetune_epochs": 5})
+    for name, semi in (("test_5w1s.json", {}), ("test_5w1s_5u.json", {"unlabeled": 5}),
+                       ("test_5w1s_5u3d.json", {"unlabeled": 5, "distractors": 3})):
+        save_json(tmp_path / "ep" / "results" / name, {"ways": 5, "shots": 1, "accuracy": 0.9, "ci95": 0.004,
+                                                       "tasks": 1000, **semi})
+    rows = [r for r in summarise(tmp_path) if r["run"].endswith("/ep")]
+    assert [r["method"] for r in rows] == ["EP", "EP, 5 unlabelled per way",
+                                          "EP, 5 unlabelled per way + 3 distractor classes"]
+    assert all(r["epochs"] == "10+5" for r in rows)
+    assert "| ep | EP | test | 10+5 | 90.00 ± 0.40 % (1000 tasks) |" in to_markdown(rows)
