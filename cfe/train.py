@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from cfe.augment import omniglot_augment
+from cfe.colour import augment_for
 from cfe.model import CFE
 from fewshot.backbones import check_image_side, to_float
 from fewshot.checkpoint import load_checkpoint, load_state, save_checkpoint, snapshot_path
@@ -116,7 +116,8 @@ def train_step(model, optimizer, images, gen) -> torch.Tensor:
     """One CFE step on a batch of uint8 NHWC images: two augmented views, loss, SGD update (skipped when the
     loss is not finite, which the caller turns into an error). Returns the loss."""
     x = to_float(images)
-    loss = model(omniglot_augment(x, gen), omniglot_augment(x, gen), gen)
+    augment = augment_for(x.shape[1])  # grey: upstream's Omniglot views; colour: MoCo v2's
+    loss = model(augment(x, gen), augment(x, gen), gen)
     if torch.isfinite(loss):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

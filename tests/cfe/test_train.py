@@ -281,3 +281,17 @@ def test_images_too_small_for_the_network_are_refused_before_the_run_folder_exis
     with pytest.raises(UserError, match="8x8 images are too small .*at least 16x16"):
         train.main(args(data, tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def test_colour_images_train_with_moco_v2_views(tmp_path, monkeypatch):
+    """Three channels take MoCo v2's colour augmentation (cfe.colour), one channel upstream's Omniglot views."""
+    from cfe import colour
+    from tests.conftest import synthetic_images
+    X, _ = synthetic_images(4, 16, size=32, channels=3)
+    np.savez(tmp_path / "rgb.npz", X=X)
+    used = []
+    monkeypatch.setattr(colour, "moco_v2_augment", lambda x, g, f=colour.moco_v2_augment: used.append(1) or f(x, g))
+    train.main(["--data", str(tmp_path / "rgb.npz"), "--out", str(tmp_path / "run"), "--epochs", "1",
+                "--batch-size", "32", "--queue-size", "32", "--hidden", "8", "--dim", "16", "--device", "cpu",
+                "--threads", "1"])
+    assert len(used) == 2 * 2 and last(tmp_path / "run")["arch"]["in_channels"] == 3  # two views, two steps
