@@ -8,18 +8,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cfe.loss import cfe_loss
-from fewshot.backbones import Conv4
+from fewshot.backbones import make_backbone
 from fewshot.checkpoint import load_checkpoint, load_state
 from fewshot.errors import UserError
 
 
-def make_encoder(in_channels, hidden, image_size, dim, mlp, bn_splits=1):
-    """Conv4 backbone + projection head. With `mlp`, the MoCo v2 head: Linear-ReLU-Linear."""
-    backbone = Conv4(in_channels, hidden, bn_splits=bn_splits)
-    feat = backbone.out_dim(image_size)
+def make_encoder(backbone, in_channels, hidden, image_size, dim, mlp, bn_splits=1):
+    """Backbone (fewshot.backbones; `hidden` is conv4's) + projection head. With `mlp`, the MoCo v2 head:
+    Linear-ReLU-Linear, as wide as the backbone's feature."""
+    net = make_backbone(backbone, in_channels, hidden, bn_splits)
+    feat = net.out_dim(image_size)
     head = nn.Sequential(nn.Linear(feat, feat), nn.ReLU(inplace=True), nn.Linear(feat, dim)) if mlp \
         else nn.Linear(feat, dim)
-    return nn.Sequential(backbone, head)
+    return nn.Sequential(net, head)
 
 
 class CFE(nn.Module):
@@ -29,12 +30,13 @@ class CFE(nn.Module):
     batch, keys shuffled across the splits, and one loss per split (cfe/loss.py)."""
 
     def __init__(self, in_channels=1, hidden=64, image_size=28, dim=64, mlp=True, queue_size=16384, momentum=0.999,
-                 temperature=0.2, bn_splits=1):
+                 temperature=0.2, bn_splits=1, backbone="conv4"):
         super().__init__()
-        self.arch = dict(in_channels=in_channels, hidden=hidden, image_size=image_size, dim=dim, mlp=mlp,
-                         queue_size=queue_size, momentum=momentum, temperature=temperature, bn_splits=bn_splits)
+        self.arch = dict(backbone=backbone, in_channels=in_channels, hidden=hidden, image_size=image_size, dim=dim,
+                         mlp=mlp, queue_size=queue_size, momentum=momentum, temperature=temperature,
+                         bn_splits=bn_splits)
         self.momentum, self.temperature, self.bn_splits = momentum, temperature, bn_splits
-        self.encoder_q = make_encoder(in_channels, hidden, image_size, dim, mlp, bn_splits)
+        self.encoder_q = make_encoder(backbone, in_channels, hidden, image_size, dim, mlp, bn_splits)
         self.encoder_k = copy.deepcopy(self.encoder_q)  # starts equal to f_q, then follows it by EMA
         for p in self.encoder_k.parameters():
             p.requires_grad = False
@@ -85,9 +87,9 @@ def load_cfe(path, device="cpu") -> CFE:
     """The trained model of a cfe checkpoint (its `arch`, then a strict weight load), in eval mode, ready to embed.
     Its `trained_epochs` is the checkpoint's epoch, which cfe.encode records beside its pseudo-labels."""
     ckpt = load_checkpoint(path, "cfe", required=("arch", "model"))
-    try:
+    try:  # an arch without "backbone" (checkpoints from before the choice) builds CFE's default, conv4
         model = CFE(**ckpt["arch"])
-    except TypeError as e:  # a hand-made checkpoint, or one of another version of this model
+    except (TypeError, UserError) as e:  # a hand-made checkpoint, one of another version, an unknown backbone
         raise UserError(f"{path}: cfe checkpoint whose 'arch' does not build a CFE ({e})") from None
     load_state(model, ckpt["model"], path)
     model.trained_epochs = ckpt.get("epoch")

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from cfe.colour import augment_for
 from cfe.model import CFE
-from fewshot.backbones import check_image_side, to_float
+from fewshot.backbones import BACKBONES, check_image_side, to_float
 from fewshot.checkpoint import load_checkpoint, load_state, save_checkpoint, snapshot_path
 from fewshot.cli import (
     DEVICE_HELP,
@@ -51,7 +51,11 @@ def get_parser():
                    help="SGD learning rate at the start of the cosine schedule")
     p.add_argument("--momentum", type=nonneg_float, default=0.9, help="SGD momentum")
     p.add_argument("--weight-decay", type=nonneg_float, default=1e-4, help="SGD weight decay")
-    p.add_argument("--hidden", type=positive_int, default=64, help="conv channels of the Conv4 backbone")
+    p.add_argument("--backbone", choices=BACKBONES, default="conv4",
+                   help="encoder network: conv4 (upstream's Omniglot encoder), resnet12, or torchvision's resnet18 / "
+                        "resnet50 (upstream's ImageNet encoder is MoCo's ResNet-50)")
+    p.add_argument("--hidden", type=positive_int, default=64,
+                   help="conv channels of the conv4 backbone (ignored by the others)")
     p.add_argument("--dim", type=positive_int, default=64, help="embedding dimension")
     p.add_argument("--no-mlp", dest="mlp", action="store_false", help="linear head instead of the MLP head")
     # NOTE: upstream (main_cfe_omni.py) keeps 65,536 keys, but Omniglot's train split has 22,000 images: a queue
@@ -105,7 +109,7 @@ def build(args, image_shape, device) -> tuple:
     h, _, c = image_shape
     model = CFE(in_channels=c, hidden=args.hidden, image_size=h, dim=args.dim, mlp=args.mlp,
                 queue_size=args.queue_size, momentum=args.key_momentum, temperature=args.temperature,
-                bn_splits=args.bn_splits).to(device, memory_format=torch.channels_last)
+                bn_splits=args.bn_splits, backbone=args.backbone).to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.encoder_q.parameters(), args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)

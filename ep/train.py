@@ -47,7 +47,8 @@ def get_parser():
     add_cache_options(p, centres=False)
     p.add_argument("--out", required=True, help="run folder")
     net = p.add_argument_group("network")
-    net.add_argument("--backbone", choices=BACKBONES, default="conv4", help="conv4 (28 px) or resnet12 (84 px)")
+    net.add_argument("--backbone", choices=BACKBONES, default="conv4",
+                     help="conv4 (28 px), resnet12 (84 px, the few-shot standard) or a torchvision ResNet")
     net.add_argument("--hidden", type=positive_int, default=64, help="conv4's channels")
     pre = p.add_argument_group("stage 1: pre-training")
     pre.add_argument("--pretrain-epochs", type=nonneg_int, default=200, help="passes over the train images")

@@ -2,8 +2,12 @@
 
 `Conv4` is the 4-block convolutional network of the few-shot literature (Vinyals et al. 2016; the torchmeta
 `ModelConvOmniglot` that upstream PL-CFE uses): each block is conv3x3 -> BatchNorm -> ReLU -> maxpool 2.
-28x28 inputs end at 1x1, so the feature is `hidden` wide; 84x84 inputs end at 5x5.
+28x28 inputs end at 1x1, so the feature is `hidden` wide; 84x84 inputs end at 5x5. `ResNet12` is EP's network;
+`TorchResNet` is torchvision's ResNet-18 / ResNet-50 (upstream's ImageNet CFE encoder is MoCo's ResNet-50). With
+bn_splits > 1 every backbone's BatchNorm is a `SplitBatchNorm2d`.
 """
+
+import functools
 
 import torch
 import torch.nn as nn
@@ -56,6 +60,11 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         return torch.cat(out)
 
 
+def batch_norm(bn_splits=1):
+    """The BatchNorm class for `bn_splits` (a `norm_layer` as torchvision takes it): SplitBatchNorm2d when > 1."""
+    return functools.partial(SplitBatchNorm2d, splits=bn_splits) if bn_splits > 1 else nn.BatchNorm2d
+
+
 def conv_block(cin, cout, track_running_stats=True, bn_splits=1):
     norm = SplitBatchNorm2d(cout, bn_splits) if bn_splits > 1 else \
         nn.BatchNorm2d(cout, track_running_stats=track_running_stats)
@@ -95,13 +104,13 @@ def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
 class ResBlock(nn.Module):
     """ResNet-12's block: three conv3x3-BatchNorm-LeakyReLU(0.1), a 1x1 shortcut, then a 2x2 max-pool."""
 
-    def __init__(self, cin, cout):
+    def __init__(self, cin, cout, norm=nn.BatchNorm2d):
         super().__init__()
         self.convs = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.1),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.1),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout))
-        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout))
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), norm(cout), nn.LeakyReLU(0.1),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), norm(cout), nn.LeakyReLU(0.1),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), norm(cout))
+        self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), norm(cout))
 
     def forward(self, x):
         return F.max_pool2d(F.leaky_relu(self.convs(x) + self.shortcut(x), 0.1), 2)
@@ -111,10 +120,11 @@ class ResNet12(nn.Module):
     """The ResNet-12 of the few-shot literature (TADAM, MetaOptNet; upstream EP's src/models/backbones/resnet12.py):
     four residual blocks of 64, 160, 320 and 640 channels, then global average pooling (640-d at any size)."""
 
-    def __init__(self, in_channels=3, widths=(64, 160, 320, 640)):
+    def __init__(self, in_channels=3, widths=(64, 160, 320, 640), bn_splits=1):
         super().__init__()
         self.in_channels, self.hidden = in_channels, widths[-1]
-        self.blocks = nn.Sequential(*[ResBlock(a, b) for a, b in zip((in_channels, *widths[:-1]), widths)])
+        norm = batch_norm(bn_splits)
+        self.blocks = nn.Sequential(*[ResBlock(a, b, norm) for a, b in zip((in_channels, *widths[:-1]), widths)])
 
     def forward(self, x):  # x: NxCxHxW float
         return self.blocks(x).mean((2, 3))  # NxD
@@ -123,13 +133,41 @@ class ResNet12(nn.Module):
         return self.hidden
 
 
-BACKBONES = ("conv4", "resnet12")
+class TorchResNet(nn.Module):
+    """torchvision's ResNet-18 or ResNet-50 (`name`), untrained, without its classifier: the globally pooled feature,
+    512- or 2048-d at any image size. As MoCo's main_moco.py builds `models.__dict__[arch]`, with the ImageNet stem
+    (7x7 conv stride 2, max-pool) at every size; the projection head is the caller's (cfe.model), in place of fc.
+    A conv1 for `in_channels` replaces torchvision's RGB one for other channel counts."""
+
+    def __init__(self, name="resnet50", in_channels=3, bn_splits=1):
+        super().__init__()
+        import torchvision  # here, not at the top: it adds seconds to every command, and only these need it
+
+        net = getattr(torchvision.models, name)(weights=None, norm_layer=batch_norm(bn_splits))
+        if in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+            nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision's init
+        self.in_channels, self.hidden = in_channels, net.fc.in_features
+        net.fc = nn.Identity()
+        self.net = net
+
+    def forward(self, x):  # x: NxCxHxW float
+        return self.net(x)  # NxD
+
+    def out_dim(self, image_size: int) -> int:
+        return self.hidden
 
 
-def make_backbone(name: str, in_channels: int, hidden: int) -> nn.Module:
-    """A backbone by name: conv4 (`hidden` channels; 28 px Omniglot, MAML's network) or resnet12 (84 px)."""
+BACKBONES = ("conv4", "resnet12", "resnet18", "resnet50")
+
+
+def make_backbone(name: str, in_channels: int, hidden: int, bn_splits: int = 1) -> nn.Module:
+    """A backbone by name: conv4 (`hidden` channels; 28 px Omniglot, MAML's network), resnet12 (84 px), or
+    torchvision's resnet18 / resnet50; `hidden` is conv4's alone. BatchNorm per 1/bn_splits of the batch when > 1."""
     if name == "conv4":
-        return Conv4(in_channels, hidden)
+        return Conv4(in_channels, hidden, bn_splits=bn_splits)
     if name == "resnet12":
-        return ResNet12(in_channels)
+        return ResNet12(in_channels, bn_splits=bn_splits)
+    if name in ("resnet18", "resnet50"):
+        return TorchResNet(name, in_channels, bn_splits)
     raise UserError(f"unknown backbone '{name}'; known: {', '.join(BACKBONES)}")

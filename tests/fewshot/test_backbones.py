@@ -1,11 +1,14 @@
 """fewshot.backbones: SplitBatchNorm2d normalises each group of the batch on its own (as per-GPU BatchNorm does)
-and is plain BatchNorm2d in eval mode."""
+and is plain BatchNorm2d in eval mode; every backbone by name, and the ResNets with split BatchNorm."""
+
+import copy
 
 import pytest
 import torch
 import torch.nn as nn
 
-from fewshot.backbones import Conv4, SplitBatchNorm2d
+from fewshot.backbones import Conv4, SplitBatchNorm2d, make_backbone
+from fewshot.errors import UserError
 
 
 def pair(splits, channels=3):
@@ -66,8 +69,6 @@ def test_conv4_with_split_batchnorm_loads_into_a_plain_conv4():
 
 
 def test_backbones_by_name_give_their_feature_width():
-    from fewshot.backbones import make_backbone
-    from fewshot.errors import UserError
     conv4 = make_backbone("conv4", 1, 8)
     assert conv4(torch.zeros(2, 1, 28, 28)).shape == (2, conv4.out_dim(28)) == (2, 8)
     resnet = make_backbone("resnet12", 3, 0)
@@ -75,3 +76,35 @@ def test_backbones_by_name_give_their_feature_width():
     assert sum(p.numel() for p in resnet.parameters()) > 12_000_000  # the standard 12.4M-parameter network
     with pytest.raises(UserError, match="unknown backbone 'vit'"):
         make_backbone("vit", 3, 0)
+
+
+@pytest.mark.parametrize("name, channels, width", [("resnet18", 1, 512), ("resnet50", 3, 2048)])
+def test_torchvision_resnets_give_the_pooled_feature(name, channels, width):
+    net = make_backbone(name, channels, 0).eval()
+    assert net(torch.zeros(2, channels, 28, 28)).shape == (2, net.out_dim(28)) == (2, width)
+    assert net.net.conv1.in_channels == channels  # a conv1 of its own for grey images
+    norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(type(m) is nn.BatchNorm2d for m in norms)  # bn_splits = 1: plain BatchNorm
+
+
+@pytest.mark.parametrize("name", ["resnet12", "resnet18", "resnet50"])
+def test_resnet_with_split_batchnorm_is_the_network_run_on_each_split_alone(name):
+    """bn_splits = 2 in training: the output is that of a plain-BatchNorm copy run on each half of the batch by
+    itself, and every running statistic is the mean of the two copies' (as two GPUs' BatchNorms would have)."""
+    torch.manual_seed(0)
+    split = make_backbone(name, 3, 0, bn_splits=2).train()
+    norms = [m for m in split.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(isinstance(m, SplitBatchNorm2d) and m.splits == 2 for m in norms)
+    start = copy.deepcopy(split.state_dict())
+    halves, whole = [make_backbone(name, 3, 0).train() for _ in range(2)], make_backbone(name, 3, 0).train()
+    for net in (*halves, whole):
+        net.load_state_dict(start)  # strict: split BatchNorm keeps plain BatchNorm's keys
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        y = split(x)
+        torch.testing.assert_close(y, torch.cat([halves[0](x[:2]), halves[1](x[2:])]))
+        assert not torch.allclose(y, whole(x), atol=1e-3)  # one BatchNorm over the batch: other statistics
+    stats = [h.state_dict() for h in halves]
+    for key, value in split.state_dict().items():
+        if key.endswith(("running_mean", "running_var")):
+            torch.testing.assert_close(value, (stats[0][key] + stats[1][key]) / 2)
