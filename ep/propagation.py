@@ -44,8 +44,13 @@ def propagate(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
     assert a.shape[:2] == b.shape[:2] and a.shape[1] == a.shape[2], f"shapes {tuple(a.shape)} and {tuple(b.shape)}"
     inv_sqrt = (a.sum(-1) + 1e-4).rsqrt()  # T x n; upstream's 1e-4 keeps an isolated node finite
     s = a * inv_sqrt[:, :, None] * inv_sqrt[:, None, :]
-    eye = torch.eye(a.shape[1], dtype=a.dtype, device=a.device)
-    return torch.linalg.solve(eye - alpha * s, b)
+    m = torch.eye(a.shape[1], dtype=a.dtype, device=a.device) - alpha * s
+    if a.device.type == "cpu":
+        # NOTE: one solve per task on a CPU: the batched LAPACK path of torch 2.14's MKL build fails ("Pivots given
+        # to lu_solve ...") for two or more matrices of a few hundred rows on more than one thread, and the
+        # batch is a loop over the matrices there anyway
+        return torch.stack([torch.linalg.solve(mi, bi) for mi, bi in zip(m, b)])
+    return torch.linalg.solve(m, b)
 
 
 def embedding_propagation(z: torch.Tensor, alpha: float = EMBEDDING_ALPHA) -> torch.Tensor:

@@ -71,3 +71,16 @@ def test_gradients_flow_through_the_propagation():
     labels = torch.tensor([[0, 1, -1, -1, -1, -1], [1, 0, -1, -1, -1, -1]])
     assert torch.autograd.gradcheck(lambda x: embedding_propagation(x), (z,))
     assert torch.autograd.gradcheck(lambda x: label_propagation_logits(x, labels, 2), (z,))
+
+
+def test_large_graphs_of_several_tasks_solve_on_several_threads():
+    """torch's batched CPU solve fails for several matrices of a few hundred rows on 2 threads (MKL); propagate
+    must not."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        z = torch.randn(3, 300, 8)
+        out = embedding_propagation(z)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(out[1], embedding_propagation(z[1:2])[0])
