@@ -39,7 +39,8 @@ def get_parser():
     p.add_argument("--output", help="results JSON (default: RUN/results/{split}_{ways}w{shots}s.json, with "
                                     "_{N}u[{D}d] for unlabelled images, _NAME for another --cache or --episodes "
                                     "file NAME.json and for a checkpoint other than best)")
-    p.add_argument("--batch", type=positive_int, default=16, help="tasks evaluated together")
+    p.add_argument("--batch", type=positive_int, default=1,
+                   help="tasks evaluated together (on a CPU one at a time is fastest: BENCHMARKS.md)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
     return p
