@@ -256,7 +256,8 @@ def main(argv=None):
     print(f"k-means K={args.clusters}" + (f" x {args.partitions} partitions" if several else "")
           + f": {quality['clusters']} clusters, {report['repeated_rows']} repeated rows; "
           + f"pseudo-labels vs hidden truth (diagnostic{', mean of the partitions' if several else ''}): "
-          + f"ARI {quality['ari']:.3f} NMI {quality['nmi']:.3f} purity {quality['purity']:.3f}")
+          + f"ARI {quality['ari']:.3f} NMI {quality['nmi']:.3f} ACC {quality['acc']:.3f} "
+          f"purity {quality['purity']:.3f}")
 
 
 if __name__ == "__main__":

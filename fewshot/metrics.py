@@ -1,6 +1,7 @@
 """Few-shot accuracy with its 95% confidence interval, and pseudo-label quality (ARI, NMI, purity)."""
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from sklearn.metrics.cluster import contingency_matrix
 
@@ -44,6 +45,15 @@ def purity(true, pred) -> float:
     return float(table.max(axis=0).sum() / table.sum())
 
 
+def clustering_accuracy(true, pred) -> float:
+    """ACC of the unsupervised-clustering literature: the share of points whose cluster the best one-to-one
+    matching of clusters to classes (Hungarian algorithm) maps to their class; clusters beyond the number of
+    classes match nothing, so ACC is the number those papers report at K = the number of classes."""
+    table = contingency_matrix(true, pred)  # classes x clusters
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    return float(table[rows, cols].sum() / table.sum())
+
+
 def cluster_quality(true, pred) -> dict:
     return {"ari": float(adjusted_rand_score(true, pred)), "nmi": float(normalized_mutual_info_score(true, pred)),
-            "purity": purity(true, pred), "clusters": int(len(np.unique(pred)))}
+            "acc": clustering_accuracy(true, pred), "purity": purity(true, pred), "clusters": int(len(np.unique(pred)))}

@@ -98,7 +98,7 @@ def test_val_and_test_keep_their_true_labels(encoded, prepared):
 
 def test_report_has_pseudo_label_quality(encoded):
     q = load_json(encoded.out / "encode.json")["pseudo_label_quality"]
-    assert set(q) == {"ari", "nmi", "purity", "clusters"} and q["clusters"] == encoded.clusters
+    assert set(q) == {"ari", "nmi", "acc", "purity", "clusters"} and q["clusters"] == encoded.clusters
     assert 0 <= q["nmi"] <= 1 and 0 < q["purity"] <= 1
 
 

@@ -56,4 +56,13 @@ def test_ari_and_nmi_by_hand():
 
 def test_perfect_clustering_with_renamed_clusters_scores_one():
     q = cluster_quality(TRUE, [7, 7, 7, 3, 3, 3])
-    assert q == {"ari": pytest.approx(1.0), "nmi": pytest.approx(1.0), "purity": 1.0, "clusters": 2}
+    assert q == {"ari": pytest.approx(1.0), "nmi": pytest.approx(1.0), "acc": 1.0, "purity": 1.0, "clusters": 2}
+
+
+def test_clustering_accuracy_matches_clusters_to_classes_one_to_one():
+    from fewshot.metrics import clustering_accuracy
+    assert clustering_accuracy(TRUE, PRED) == pytest.approx(4 / 6)  # {0,0} -> 0, {1,1} -> 1, {0,1} unmatched
+    assert clustering_accuracy(TRUE, [0] * 6) == 0.5  # one cluster matches one class
+    # purity lets two clusters take the same class; ACC does not
+    true, pred = [0, 0, 0, 0, 1, 1], [0, 0, 1, 1, 2, 2]
+    assert purity(true, pred) == 1.0 and clustering_accuracy(true, pred) == pytest.approx(4 / 6)
