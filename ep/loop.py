@@ -67,8 +67,9 @@ def evaluate_tasks(model, X, tasks, device) -> list:
     return (pred == labels("query_y")).float().mean(1).tolist()
 
 
-def evaluate(model, X, tasks, device, desc="eval", batch=16) -> list:
-    """Per-task query accuracies, in eval mode (BatchNorm's running statistics, as upstream tests)."""
+def evaluate(model, X, tasks, device, desc="eval", batch=1) -> list:
+    """Per-task query accuracies, in eval mode (BatchNorm's running statistics, as upstream tests), `batch` tasks
+    together (on a CPU one at a time is fastest, as for ep.test: BENCHMARKS.md)."""
     model.eval()
     return [acc for i in tqdm(range(0, len(tasks), batch), desc=desc, leave=False, mininterval=2)
             for acc in evaluate_tasks(model, X, tasks[i:i + batch], device)]

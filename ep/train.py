@@ -22,7 +22,7 @@ import torch
 
 from ep.loop import evaluate, finetune_epoch, pretrain_epoch
 from ep.model import EPNet
-from fewshot.backbones import BACKBONES, check_image_side
+from fewshot.backbones import BACKBONES
 from fewshot.caches import add_cache_options, load_train, load_val_tasks, resolve_caches
 from fewshot.checkpoint import load_checkpoint, load_state, save_epoch
 from fewshot.cli import (
@@ -79,11 +79,7 @@ def get_parser():
 
 
 def load_train_images(args, path) -> tuple:
-    X, labels, partition = load_train(path, args.supervised)
-    h, w, _ = X.shape[1:]
-    if h != w:  # the rotations need square images
-        raise UserError(f"{path}: images are {h}x{w}; EP's rotation loss needs square images")
-    check_image_side(h, path)
+    X, labels, partition = load_train(path, args.supervised, "EP's rotation loss")
     if args.pretrain_epochs and len(X) < args.batch_size:
         raise UserError(f"{path}: {len(X)} images, fewer than one batch of --batch-size {args.batch_size}")
     return X, labels, partition

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fewshot.backbones import check_image_side
 from fewshot.data import load_cluster_partition, load_pseudo_labels, load_split
 from fewshot.episodes import EpisodeSampler
 from fewshot.errors import UserError
@@ -56,13 +57,20 @@ def resolve_caches(args) -> dict:
                 centres=named("train_clusters"), dataset=doc.get("dataset"))
 
 
-def load_train(path: str, supervised: bool) -> tuple:
-    """(X (N,H,W,C) uint8, labels (N,), partition of each label): pseudo-labels, or true ones when `supervised`."""
+def load_train(path: str, supervised: bool, square_for: str) -> tuple:
+    """(X (N,H,W,C) uint8, labels (N,), partition of each label): pseudo-labels, or true ones when `supervised`.
+    The images must be square and large enough for the networks; `square_for` says who needs them square."""
     if supervised:  # the one path that reads true train labels, on request, for a supervised reference row
         train = load_split(path)
-        return train.X, train.Y, np.zeros(train.Y.max() + 1, np.int64)
-    X, labels, _ = load_pseudo_labels(path)  # images and pseudo-labels only
-    return X, labels, load_cluster_partition(path, labels)  # all 0 but for caches of cfe.encode --partitions
+        X, labels, partition = train.X, train.Y, np.zeros(train.Y.max() + 1, np.int64)
+    else:
+        X, labels, _ = load_pseudo_labels(path)  # images and pseudo-labels only
+        partition = load_cluster_partition(path, labels)  # all 0 but for caches of cfe.encode --partitions
+    h, w, _ = X.shape[1:]
+    if h != w:
+        raise UserError(f"{path}: images are {h}x{w}; {square_for} needs square images")
+    check_image_side(h, path)
+    return X, labels, partition
 
 
 def load_val_tasks(path, shape, ways: int, shots: int, queries: int, n: int, seed: int) -> tuple:

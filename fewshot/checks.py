@@ -1,5 +1,6 @@
-"""What maml.test checks before it evaluates: where the caches a run's config.json names are found, that a
-result file is not replaced by a result computed otherwise, and that the tested classes are not the trained ones."""
+"""What maml.test and ep.test check before they evaluate: where the caches a run's config.json names are found,
+that a result file is not replaced by a result computed otherwise, and that the tested classes are not the trained
+ones."""
 
 import sys
 from pathlib import Path

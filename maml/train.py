@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fewshot.backbones import check_image_side
 from fewshot.caches import add_cache_options, load_train, load_val_tasks, resolve_caches
 from fewshot.checkpoint import load_checkpoint, load_state, save_epoch
 from fewshot.cli import (
@@ -80,16 +79,6 @@ def get_parser():
     run.add_argument("--device", default="auto", help=DEVICE_HELP)
     run.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
     return p
-
-
-def load_train_images(args, path: str) -> tuple:
-    """load_train's (X, labels, partition), with images MAMLNet can take."""
-    X, labels, partition = load_train(path, args.supervised)
-    h, w, _ = X.shape[1:]
-    if h != w:  # MAMLNet sizes its classifier from one side length
-        raise UserError(f"{path}: images are {h}x{w}; MAML's network needs square images")
-    check_image_side(h, path)
-    return X, labels, partition
 
 
 def pem_index(args, labels, partition, path: str) -> ClusterIndex:
@@ -175,7 +164,8 @@ def main(argv=None):
     config = {**vars(args), **caches}
     set_threads(args.threads)
     device = pick_device(args.device)
-    X_np, labels, partition = load_train_images(args, caches["train_cache"])
+    # MAMLNet sizes its classifier from one side length
+    X_np, labels, partition = load_train(caches["train_cache"], args.supervised, "MAML's network")
     sampler = EpisodeSampler(labels, args.ways, args.shots, args.queries, groups=partition)
     index = pem_index(args, labels, partition, caches["centres"]) if args.pem else None
     X_val, val_tasks = load_val_tasks(caches["val_cache"], X_np.shape[1:], args.ways, args.shots, args.queries,
