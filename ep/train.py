@@ -111,6 +111,8 @@ def stage_of(args, epoch: int) -> str:
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    if args.pretrain_epochs + args.finetune_epochs == 0:
+        raise UserError("--pretrain-epochs and --finetune-epochs are both 0: nothing to train")
     caches = resolve_caches(args)
     config = {**vars(args), **caches, "learner": "ep"}
     set_threads(args.threads)

@@ -67,6 +67,7 @@ def test_ep_test_draws_maml_tests_tasks_and_adds_unlabelled_images(ep_run, encod
 @pytest.mark.parametrize("extra, message", [
     (["--batch-size", "5000"], "fewer than one batch of --batch-size 5000"),
     (["--backbone", "vit"], "invalid choice: 'vit'"),
+    (["--pretrain-epochs", "0", "--finetune-epochs", "0"], "nothing to train"),
 ])
 def test_bad_training_input_is_one_line(encoded, tmp_path, run_main, extra, message):
     r = run_main("ep.train", ["--caches", encoded.out, "--out", tmp_path / "r", *TINY, *extra])
