@@ -11,7 +11,9 @@ contract). encode.json is written last: its presence means the caches are comple
 Train images of clusters smaller than --min-cluster-size are repeated up to that size so that every cluster can
 supply a task. Val and test are copied with their true labels as cluster labels. The train split's true labels
 never reach the clustering: before it they are only checked (one integer per image, no class shared with val or
-test); after it they give ARI/NMI/purity as a diagnostic and are carried into the cache unchanged.
+test); after it they give ARI/NMI/ACC/purity as a diagnostic and are carried into the cache unchanged, and, once
+the caches are written, score one more k-means with K = the number of true classes ("quality_at_true_k", as
+unsupervised-clustering papers report). Every cache records the embedding's train data ("embedding_data").
 
 With --partitions P, k-means runs P times (seeds --seed .. --seed + P - 1) and the train cache holds every
 partition's clusters, labelled one after the other, each image once per partition, with a `partition` array
@@ -159,6 +161,32 @@ def partitions(Z: np.ndarray, k: int, niter: int, seed: int, n_partitions: int, 
             np.concatenate(part))
 
 
+def quality_at_true_k(Z: np.ndarray, Y: np.ndarray, niter: int, seed: int, gpu: bool = False) -> dict | None:
+    """cluster_quality of a k-means of Z with K = the number of true classes in Y (None for a single class, where
+    every clustering scores the same), "clusters" being that K. A diagnostic only: call it after the caches are
+    written, so that the true labels never reach the clustering that made them."""
+    k = len(np.unique(Y))
+    if k < 2:
+        return None
+    _, assign = kmeans(Z, k, niter, seed, gpu=gpu)
+    return {**cluster_quality(Y, assign), "clusters": k}  # the K asked for, even if k-means left one empty
+
+
+def embedding_data(config) -> dict:
+    """Which data the embedding was trained on: cfe.train's --data (from the checkpoint's config; None in a
+    checkpoint without one, e.g. another tool's) and the dataset, source and excluded classes that the prepare.json
+    beside it records (None where it or the key is missing). A relative --data is read from the current folder."""
+    data = config.get("data") if isinstance(config, dict) else None
+    info = {}
+    if data is not None:
+        prepare = Path(data).parent / "prepare.json"
+        info = load_json(prepare) if prepare.is_file() else {}
+        if not isinstance(info, dict):
+            raise UserError(f"{prepare}: not a JSON object")
+    return {"data": None if data is None else str(data),
+            **{key: info.get(key) for key in ("dataset", "source", "excluded_classes")}}
+
+
 def read_inputs(args, arch) -> tuple:
     """Every input, checked before the run folder is created so that a bad one leaves nothing behind.
     Returns (train images, train labels: checked now, read again only after k-means, {val/test: Split})."""
@@ -224,6 +252,7 @@ def main(argv=None):
     device = pick_device(args.device)
     model = load_cfe(args.checkpoint, device)
     X_train, Y_train, labelled = read_inputs(args, model.arch)
+    trained_on = embedding_data(model.train_config)  # read before the run folder exists, as every input
     out = prepare_run_dir(Path(args.out), vars(args), resume=args.resume)  # the same settings, or an error
     if up_to_date(out, args.checkpoint):
         print(f"{out}: already holds the caches of {args.checkpoint} with these settings; nothing to do")
@@ -239,7 +268,7 @@ def main(argv=None):
             "checkpoint_sha256": file_sha256(args.checkpoint), "clusters": args.clusters,
             "clusters_used": int(len(centres)), "niter": args.niter, "knn_smooth": args.knn_smooth,
             "partitions": args.partitions, "seed": args.seed, "min_cluster_size": args.min_cluster_size,
-            **provenance()}
+            "embedding_data": trained_on, **provenance()}
     dim = model.arch["dim"]
     caches = write_caches(out, args, dim, X_train, Y_train, clustering, Z, labelled, meta)
 
@@ -248,7 +277,9 @@ def main(argv=None):
     quality = {m: float(np.mean([q[m] for q in each])) for m in each[0]}
     quality["clusters"] = int(len(centres))
     several = args.partitions > 1
+    at_true_k = quality_at_true_k(Z, Y_train, args.niter, args.seed, gpu=device.type == "cuda")
     report = {"dataset": args.dataset, "dim": dim, "caches": caches, "pseudo_label_quality": quality,
+              "quality_at_true_k": at_true_k,
               **({"partition_quality": each} if several else {}), "train_images": int(len(X_train)),
               "train_rows": int(len(rows)), "repeated_rows": int(len(rows) - args.partitions * len(X_train)),
               "seconds": round(time.time() - t0, 1), **meta}
@@ -257,7 +288,9 @@ def main(argv=None):
           + f": {quality['clusters']} clusters, {report['repeated_rows']} repeated rows; "
           + f"pseudo-labels vs hidden truth (diagnostic{', mean of the partitions' if several else ''}): "
           + f"ARI {quality['ari']:.3f} NMI {quality['nmi']:.3f} ACC {quality['acc']:.3f} "
-          f"purity {quality['purity']:.3f}")
+          f"purity {quality['purity']:.3f}"
+          + (f"; at the true K={at_true_k['clusters']}: ACC {at_true_k['acc']:.3f} NMI {at_true_k['nmi']:.3f} "
+             f"ARI {at_true_k['ari']:.3f}" if at_true_k else ""))
 
 
 if __name__ == "__main__":

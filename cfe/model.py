@@ -85,7 +85,8 @@ class CFE(nn.Module):
 
 def load_cfe(path, device="cpu") -> CFE:
     """The trained model of a cfe checkpoint (its `arch`, then a strict weight load), in eval mode, ready to embed.
-    Its `trained_epochs` is the checkpoint's epoch, which cfe.encode records beside its pseudo-labels."""
+    Its `trained_epochs` is the checkpoint's epoch and its `train_config` cfe.train's resolved arguments (None in a
+    checkpoint without them), both of which cfe.encode records beside its pseudo-labels."""
     ckpt = load_checkpoint(path, "cfe", required=("arch", "model"))
     try:  # an arch without "backbone" (checkpoints from before the choice) builds CFE's default, conv4
         model = CFE(**ckpt["arch"])
@@ -93,4 +94,5 @@ def load_cfe(path, device="cpu") -> CFE:
         raise UserError(f"{path}: cfe checkpoint whose 'arch' does not build a CFE ({e})") from None
     load_state(model, ckpt["model"], path)
     model.trained_epochs = ckpt.get("epoch")
+    model.train_config = ckpt.get("config")
     return model.to(device).eval()

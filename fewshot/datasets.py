@@ -5,11 +5,13 @@
     python -m fewshot.datasets glyphs --out data/glyphs
     python -m fewshot.datasets miniimagenet --source path/to/miniimagenet --out data/miniimagenet
     python -m fewshot.datasets tieredimagenet --source path/to/tieredimagenet --out data/tieredimagenet
-    python -m fewshot.datasets imagefolder --source path/to/images --out data/myimages
+    python -m fewshot.datasets imagefolder --source path/to/images --out data/myimages [--exclude-classes none]
     python -m fewshot.datasets cifar10 --source ../shared/data/cifar10/cifar10-jpeg.tar.gz --out data/cifar10
 
 Writes {name}_cache_{train,val,test}.npz (uint8 NHWC images, true labels) and prepare.json into --out; the readers
 of fewshot.imagenet and fewshot.imagefolder also record each split's class names, in label order, in prepare.json.
+An image folder's train split leaves out the val and test classes of mini- and tieredImageNet unless told otherwise
+(--exclude-classes, fewshot.classlists); prepare.json says which it left out.
 """
 
 import tempfile
@@ -18,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from fewshot.classlists import DEFAULT_EXCLUDE, EXCLUDE_HELP
 from fewshot.cli import make_parser
 from fewshot.data import SPLITS, assert_disjoint_classes, check_split, prepared_path, write_split
 from fewshot.errors import UserError, cli_main
@@ -85,7 +88,8 @@ def _unmark_prepared(marker: Path) -> None:
         raise UserError(f"{marker}: cannot remove the earlier preparation's marker ({e.strerror})") from None
 
 
-# A preparer returns (how, {split: (X, Y)}), or (how, {split: (X, Y)}, {split: [class name of each label, in order]})
+# A preparer returns (how, {split: (X, Y)}), or (how, {split: (X, Y)}, {split: [class name of each label, in order]}),
+# or that and {more entries of prepare.json}
 DATASETS = {"omniglot": prepare_omniglot, "digits": prepare_digits, "glyphs": prepare_glyphs,
             "miniimagenet": prepare_miniimagenet, "tieredimagenet": prepare_tieredimagenet,
             "imagefolder": prepare_imagefolder, "cifar10": prepare_cifar10}
@@ -117,6 +121,7 @@ def get_parser():
     p.add_argument("name", help=f"one of: {', '.join(DATASETS)}")
     p.add_argument("--source", help="where the raw data is (dataset-specific; see each prepare_* function)")
     p.add_argument("--out", required=True, help="folder for {name}_cache_{split}.npz")
+    p.add_argument("--exclude-classes", metavar="LISTS", help=EXCLUDE_HELP)
     return p
 
 
@@ -126,19 +131,25 @@ def main(argv=None):
         raise UserError(f"unknown dataset '{args.name}'; known: {', '.join(DATASETS)}")
     prov = provenance()  # as the run starts: a commit made during a long download must not be named
     out = Path(args.out)
-    how, splits, *names = DATASETS[args.name](args.source, out)
+    if args.exclude_classes is not None and args.name != "imagefolder":
+        raise UserError(f"--exclude-classes applies to imagefolder only; {args.name}'s class split is fixed")
+    exclude = DEFAULT_EXCLUDE if args.exclude_classes is None else args.exclude_classes
+    how, splits, *more = DATASETS[args.name](args.source, out, **({"exclude": exclude} if args.name == "imagefolder"
+                                                                   else {}))
+    names = more[0] if more else None
+    record = more[1] if len(more) > 1 else {}
     # Check everything before writing anything: a source that fails (overlapping classes, bad images) leaves
     # no caches behind, and prepare.json, written last, marks a complete preparation.
     splits = {s: check_split(X, Y, f"{args.name} {s} split") for s, (X, Y) in splits.items()}
     assert_disjoint_classes({s: Y for s, (X, Y) in splits.items()})
-    classes = {"classes": names[0]} if names else {}  # {split: [the class name of each label, in label order]}
+    classes = {"classes": names} if names else {}  # {split: [the class name of each label, in label order]}
     for s, split_names in classes.get("classes", {}).items():
         assert len(split_names) == len(np.unique(splits[s][1])), (s, len(split_names))  # one name per label
     _unmark_prepared(out / "prepare.json")
     for s, (X, Y) in splits.items():
         write_split(prepared_path(out, args.name, s), X, Y)
     info = {s: {"images": int(len(Y)), "classes": int(len(np.unique(Y)))} for s, (X, Y) in splits.items()}
-    save_json(out / "prepare.json", {"dataset": args.name, "source": how, "splits": info, **classes, **prov})
+    save_json(out / "prepare.json", {"dataset": args.name, "source": how, "splits": info, **classes, **record, **prov})
     print(f"{args.name}: " + ", ".join(f"{s} {v['images']} images / {v['classes']} classes"
                                         for s, v in info.items()) + f" -> {out}")
 

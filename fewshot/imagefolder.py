@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from fewshot.classlists import DEFAULT_EXCLUDE, drop_classes, resolve_exclusion
 from fewshot.data import SPLITS
 from fewshot.errors import UserError
 from fewshot.io import load_json, save_json
@@ -194,9 +195,12 @@ def load_class_split(path: Path, names) -> dict:
     return {s: split[s] for s in SPLITS}
 
 
-def prepare_imagefolder(source, out: Path, workers=None) -> tuple:
+def prepare_imagefolder(source, out: Path, workers=None, exclude=DEFAULT_EXCLUDE) -> tuple:
     """source: root/<split>/<class>/* (train and test needed, val optional) or root/<class>/*; the latter is split
-    by class (`split_classes`) into out/class_split.json, which a later preparation reuses."""
+    by class (`split_classes`) into out/class_split.json, which a later preparation reuses. The classes of the
+    `exclude` lists (fewshot.classlists) are then left out of the train split; val and test keep theirs.
+    Returns (how, splits, class names, {"excluded_classes": {"lists", "removed"}} for prepare.json)."""
+    excluded, lists = resolve_exclusion(exclude)
     root = require_dir(source, "imagefolder", "root/<split>/<class>/<image> or root/<class>/<image>")
     entries = _entries(root)
     present = [s for s in SPLITS if (root / s).is_dir()]
@@ -206,13 +210,14 @@ def prepare_imagefolder(source, out: Path, workers=None) -> tuple:
         drawn = not path.exists()
         split = split_classes(classes) if drawn else load_class_split(path, classes)
         members = {s: {c: classes[c] for c in split[s]} for s in SPLITS}
+        members["train"], removed = drop_classes(members["train"], excluded, root)
         splits, names = build(members, {s: root for s in SPLITS}, SIDE, workers)
         if drawn:  # only once every image was read: a failed preparation leaves nothing behind
             save_json(path, {"seed": CLASS_SPLIT_SEED, "fractions": CLASS_FRACTIONS, "source": str(root),
                              "splits": split})
         how = (f"image folder {root}, classes split with seed {CLASS_SPLIT_SEED} into {path}" if drawn
                else f"image folder {root}, classes split as {path} says")
-        return how + skipped_note(skipped), splits, names
+        return how + skipped_note(skipped) + excluded_note(removed), splits, names, excluded_record(lists, removed)
     for s in ("train", "test"):
         if s not in present:
             raise UserError(f"{root / s}: split folder not found (a folder of split folders needs train and test; "
@@ -226,9 +231,19 @@ def prepare_imagefolder(source, out: Path, workers=None) -> tuple:
     for s in present:
         members[s], more = scan_classes(root / s)
         skipped += more
+    members["train"], removed = drop_classes(members["train"], excluded, root / "train")
     splits, names = build(members, {s: root / s for s in present}, SIDE, workers)
     warning = "" if "val" in present else f"; WARNING: no {root / 'val'} folder, so no val split"
-    return f"image folder {root} with split folders" + warning + skipped_note(skipped), splits, names
+    how = f"image folder {root} with split folders" + warning + skipped_note(skipped) + excluded_note(removed)
+    return how, splits, names, excluded_record(lists, removed)
+
+
+def excluded_note(removed) -> str:
+    return f"; left {len(removed)} listed classes out of train (e.g. {removed[0]})" if removed else ""
+
+
+def excluded_record(lists, removed) -> dict:
+    return {"excluded_classes": {"lists": lists, "removed": removed}}
 
 
 def _cifar_archive(path: Path) -> tuple:

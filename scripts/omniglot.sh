@@ -9,80 +9,14 @@
 #   OMNIGLOT_SOURCE=/path/to/omniglot.tar.xz SPLIT=val bash scripts/omniglot.sh       # evaluate on val
 #
 # Settings are compared on val (SPLIT=val); test gives the final number of a setting already chosen. Every
-# variable below can be set from the environment; the presets (scripts/presets/*.env) set the budgets. Rerunning
-# the same command skips finished stages and resumes an interrupted one.
+# variable of scripts/lib/chain.sh can be set from the environment (RUN_DIR, SEED, THREADS, CFE_ARGS, ...); the
+# presets (scripts/presets/*.env) set the budgets. Rerunning the same command skips finished stages and resumes.
 set -euo pipefail
 # One { ...; exit; } block: bash reads it whole before running it, so editing this file during a run is safe.
 {
 OMNIGLOT_SOURCE=${OMNIGLOT_SOURCE:-}  # omniglot.tar.xz, a folder of omniglot_cache_*.npz or of the official zips;
-                                      # unset: the official zips are downloaded. Found from where you type.
-[[ -z $OMNIGLOT_SOURCE || $OMNIGLOT_SOURCE == /* ]] || OMNIGLOT_SOURCE=$PWD/$OMNIGLOT_SOURCE
-cd "$(dirname "$0")/.."               # relative folders below are inside the repository
-PRESET=${PRESET:-quick}               # quick | paper: scripts/presets/$PRESET.env
-[ -f "scripts/presets/$PRESET.env" ] || { echo "error: PRESET must be one of: $(cd scripts/presets && ls | sed 's/\.env$//' | xargs)" >&2; exit 2; }
-source "scripts/presets/$PRESET.env"  # CFE_EPOCHS, MAML_EPOCHS, EP_*_EPOCHS, TEST_STEPS unless set already
-DATA_DIR=${DATA_DIR:-data/omniglot}   # prepared omniglot_cache_{train,val,test}.npz
-RUN_DIR=${RUN_DIR:-runs/omniglot-$PRESET}
-SEED=${SEED:-0}                       # of CFE, k-means and MAML; the test tasks are always those of seed 0
-DEVICE=${DEVICE:-auto}                # auto | cpu | cuda | cuda:1 ...
-THREADS=${THREADS:-0}                 # CPU threads per stage (0: all); THREADS=1 lets two runs share 2 cores
-CLUSTERS=${CLUSTERS:-500}             # k-means clusters (upstream K)
-METALEARNER=${METALEARNER:-maml}      # maml | ep (Embedding Propagation), on the same caches
-PEM=${PEM:-1}                         # with maml, 1: MAML + PEM; 0: plain MAML on the same pseudo-labels
-LEARNER_DIR=${LEARNER_DIR:-$RUN_DIR/$([ "$METALEARNER" = ep ] && echo ep || { [ "$PEM" = 1 ] && echo maml-pem || echo maml-nopem; })}
-SPLIT=${SPLIT:-test}                  # test | val: the split the meta-test and the baseline evaluate
-TEST_SHOTS=${TEST_SHOTS-"1 5"}        # 5-way tests to run; empty: train only
-CFE_ARGS=${CFE_ARGS:-}                # more options for each stage (see python -m STAGE --help), e.g.
-ENCODE_ARGS=${ENCODE_ARGS:-}          #   MAML_ARGS="--first-order"; a run with other options needs its own
-MAML_ARGS=${MAML_ARGS:-}              #   folder (RUN_DIR or LEARNER_DIR)
-EP_ARGS=${EP_ARGS:-}
-case "$METALEARNER" in maml|ep) ;; *) echo "error: METALEARNER must be maml or ep, got '$METALEARNER'" >&2; exit 2 ;; esac
-case "$PEM" in 0|1) ;; *) echo "error: PEM must be 0 or 1, got '$PEM'" >&2; exit 2 ;; esac
-case "$SPLIT" in test|val) ;; *) echo "error: SPLIT must be test or val, got '$SPLIT'" >&2; exit 2 ;; esac
-
-source scripts/env.sh
-common=(--seed "$SEED" --device "$DEVICE" --threads "$THREADS")
-step() { echo; echo "== $* =="; }
-
-step "data -> $DATA_DIR"
-if [ -f "$DATA_DIR/prepare.json" ]; then echo "exists, skipped"  # written last, once the splits are checked
-else "$PYTHON" -m fewshot.datasets omniglot ${OMNIGLOT_SOURCE:+--source "$OMNIGLOT_SOURCE"} --out "$DATA_DIR"; fi
-mkdir -p "$RUN_DIR"  # only now: a failed data stage leaves no empty run folder behind
-
-step "CFE ($CFE_EPOCHS epochs) -> $RUN_DIR/cfe"
-"$PYTHON" -m cfe.train --data "$DATA_DIR/omniglot_cache_train.npz" --out "$RUN_DIR/cfe" --epochs "$CFE_EPOCHS" \
-  "${common[@]}" --resume $CFE_ARGS
-
-step "encode + k-means ($CLUSTERS clusters) -> $RUN_DIR/caches"
-"$PYTHON" -m cfe.encode --checkpoint "$RUN_DIR/cfe/checkpoints/last.pt" --data-dir "$DATA_DIR" --dataset omniglot \
-  --out "$RUN_DIR/caches" --clusters "$CLUSTERS" "${common[@]}" --resume $ENCODE_ARGS
-
-if [ "$METALEARNER" = maml ]; then
-  step "MAML ($([ "$PEM" = 1 ] && echo "+ PEM" || echo "PEM off"), $MAML_EPOCHS epochs) -> $LEARNER_DIR"
-  "$PYTHON" -m maml.train --caches "$RUN_DIR/caches" --out "$LEARNER_DIR" --epochs "$MAML_EPOCHS" \
-    $([ "$PEM" = 1 ] || echo --no-pem) "${common[@]}" --resume $MAML_ARGS
-  test_args=(--steps "$TEST_STEPS")
-else
-  step "EP ($EP_PRETRAIN_EPOCHS pre-training + $EP_FINETUNE_EPOCHS fine-tuning epochs) -> $LEARNER_DIR"
-  "$PYTHON" -m ep.train --caches "$RUN_DIR/caches" --out "$LEARNER_DIR" --pretrain-epochs "$EP_PRETRAIN_EPOCHS" \
-    --finetune-epochs "$EP_FINETUNE_EPOCHS" "${common[@]}" --resume $EP_ARGS
-  test_args=()
-fi
-
-for shots in $TEST_SHOTS; do
-  step "meta-test on $SPLIT, 5-way $shots-shot ($METALEARNER)"
-  # a result older than the model it tested (trained on since) is made again
-  if [ "$LEARNER_DIR/results/${SPLIT}_5w${shots}s.json" -nt "$LEARNER_DIR/checkpoints/best.pt" ]; then
-    echo "exists, skipped"
-  else "$PYTHON" -m $METALEARNER.test --run "$LEARNER_DIR" --split "$SPLIT" --shots "$shots" "${test_args[@]}" \
-    --device "$DEVICE" --threads "$THREADS"; fi
-done
-if [ -n "$TEST_SHOTS" ]; then
-  step "raw-pixel baseline on the same $SPLIT tasks -> $RUN_DIR/pixels"
-  "$PYTHON" -m fewshot.baseline --cache "$DATA_DIR/omniglot_cache_$SPLIT.npz" --split "$SPLIT" \
-    --out "$RUN_DIR/pixels" --shots $TEST_SHOTS
-  step "summary ($RUN_DIR/summary.md)"
-  "$PYTHON" -m fewshot.report "$RUN_DIR"
-fi
+                                      # unset: the official zips are downloaded
+DATASET=omniglot SOURCE=$OMNIGLOT_SOURCE
+source "$(dirname "$0")/lib/chain.sh"
 exit
 }

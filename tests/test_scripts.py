@@ -1,4 +1,5 @@
-"""scripts/omniglot.sh: each preset hands the stages the settings it documents, and bad variables stop it early.
+"""scripts/omniglot.sh and the other dataset scripts (one chain, scripts/lib/chain.sh): each preset hands the stages
+the settings it documents, each dataset its reader and defaults, and bad variables stop it early.
 
 The stages are replaced by a stub interpreter (PYTHON) that only records its arguments, so this runs in a second.
 """
@@ -13,8 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_script(tmp_path, prepared=True, cwd=None, **env):
-    """Run scripts/omniglot.sh with a recording stub for Python; returns (exit code, stderr, [(module, args)]),
+def run_script(tmp_path, prepared=True, cwd=None, script="omniglot.sh", **env):
+    """Run scripts/SCRIPT (omniglot.sh) with a recording stub for Python; returns (exit code, stderr, [(module, args)]),
     one entry per call in the order made (maml.test runs once per number of shots).
 
     The stub fails (exit 1) for the module named in STUB_FAIL. Unless `prepared`, the data stage runs."""
@@ -28,7 +29,7 @@ def run_script(tmp_path, prepared=True, cwd=None, **env):
     if prepared:
         (data / "prepare.json").touch()  # the data stage sees prepared data and is skipped
     full_env = {**os.environ, "PYTHON": str(stub), "DATA_DIR": str(data), "RUN_DIR": str(tmp_path / "run"), **env}
-    r = subprocess.run(["bash", str(ROOT / "scripts" / "omniglot.sh")], env=full_env, capture_output=True, text=True,
+    r = subprocess.run(["bash", str(ROOT / "scripts" / script)], env=full_env, capture_output=True, text=True,
                        cwd=cwd)
     calls = []
     for line in log.read_text().splitlines() if log.exists() else []:
@@ -43,7 +44,7 @@ def option(args, name):
 
 def stages(calls):
     """The modules called, in order, a meta-test named with its shots: ["cfe.train", ..., "maml.test 5", ...]."""
-    return [f"{m} {option(a, '--shots')}" if m == "maml.test" else m for m, a in calls]
+    return [f"{m} {option(a, '--shots')}" if m.endswith(".test") else m for m, a in calls]
 
 
 def args_of(calls, module):
@@ -160,6 +161,41 @@ def test_a_relative_source_is_found_from_where_the_command_was_typed(tmp_path, s
     rc, err, calls = run_script(tmp_path, prepared=False, cwd=tmp_path, OMNIGLOT_SOURCE=source)
     assert rc == 0, err
     assert Path(option(args_of(calls, "fewshot.datasets"), "--source")).resolve() == tmp_path / "omniglot.tar.xz"
+
+
+@pytest.mark.parametrize("script, dataset, source_var", [("miniimagenet.sh", "miniimagenet", "MINI_SOURCE"),
+                                                         ("tieredimagenet.sh", "tieredimagenet", "TIERED_SOURCE"),
+                                                         ("imagefolder.sh", "imagefolder", "IMAGES")])
+def test_imagenet_style_scripts(tmp_path, script, dataset, source_var):
+    rc, err, calls = run_script(tmp_path, prepared=False, cwd=tmp_path, script=script, **{source_var: "raw"})
+    assert rc == 0, err
+    assert stages(calls) == ["fewshot.datasets", "cfe.train", "cfe.encode", "maml.train", "maml.test 1",
+                             "maml.test 5", "maml.test 20", "maml.test 50", "fewshot.baseline", "fewshot.report"]
+    prepare = args_of(calls, "fewshot.datasets")
+    assert prepare[0] == dataset and option(prepare, "--source") == str(tmp_path / "raw")
+    cfe = args_of(calls, "cfe.train")
+    assert option(cfe, "--data").endswith(f"/data/{dataset}_cache_train.npz")
+    assert option(cfe, "--backbone") == "resnet18"
+    assert option(args_of(calls, "cfe.encode"), "--dataset") == dataset
+    assert option(args_of(calls, "maml.train"), "--hidden") == "32"
+    assert option(args_of(calls, "fewshot.baseline"), "--shots") == "1"  # then 5 20 50
+    # the environment overrides a dataset's defaults; EP gets ResNet-12
+    rc, err, calls = run_script(tmp_path, script=script, CFE_ARGS="--backbone conv4", TEST_SHOTS="5",
+                                METALEARNER="ep", PREPARE_ARGS="--exclude-classes none")
+    assert rc == 0, err
+    assert stages(calls) == ["cfe.train", "cfe.encode", "ep.train", "ep.test 5", "fewshot.baseline", "fewshot.report"]
+    assert option(args_of(calls, "cfe.train"), "--backbone") == "conv4"
+    assert option(args_of(calls, "ep.train"), "--backbone") == "resnet12"
+
+
+def test_cifar10_script_and_prepare_args(tmp_path):
+    rc, err, calls = run_script(tmp_path, prepared=False, script="cifar10.sh", CIFAR10_SOURCE="/x/cifar.tar.gz",
+                                PREPARE_ARGS="--exclude-classes none")
+    assert rc == 0, err
+    assert stages(calls) == ["fewshot.datasets", *PIPELINE]
+    prepare = args_of(calls, "fewshot.datasets")
+    assert prepare[:3] == ["cifar10", "--source", "/x/cifar.tar.gz"] and option(prepare, "--exclude-classes") == "none"
+    assert "--backbone" not in args_of(calls, "cfe.train")  # the stages' defaults
 
 
 # creat_env.sh and scripts/env.sh, copied into a temporary folder and run with stand-ins for python3 (which makes

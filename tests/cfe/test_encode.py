@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from cfe import encode
-from cfe.encode import embed, kmeans, knn_smooth, repeat_small_clusters
+from cfe.encode import embed, embedding_data, kmeans, knn_smooth, quality_at_true_k, repeat_small_clusters
 from cfe.model import load_cfe
 from fewshot.data import (
     load_array,
@@ -59,7 +59,7 @@ def test_encode_json_names_the_caches_and_what_the_next_stage_needs(encoded):
     assert all((encoded.out / name).is_file() for name in report["caches"].values())
     assert {"checkpoint", "checkpoint_epoch", "checkpoint_sha256", "niter", "knn_smooth", "partitions", "seed",
             "min_cluster_size", "train_images", "train_rows", "repeated_rows", "seconds", "pseudo_label_quality",
-            "git_commit", "versions"} <= set(report)
+            "quality_at_true_k", "embedding_data", "git_commit", "versions"} <= set(report)
     assert "k" not in report and "k" not in load_json(encoded.out / "config.json")
 
 
@@ -100,6 +100,70 @@ def test_report_has_pseudo_label_quality(encoded):
     q = load_json(encoded.out / "encode.json")["pseudo_label_quality"]
     assert set(q) == {"ari", "nmi", "acc", "purity", "clusters"} and q["clusters"] == encoded.clusters
     assert 0 <= q["nmi"] <= 1 and 0 < q["purity"] <= 1
+
+
+def test_report_has_quality_at_the_true_number_of_classes_and_the_caches_keep_clusters_k(encoded, prepared):
+    """One more k-means with K = the number of true train classes (40 here) scores the embedding as clustering
+    papers do; the caches keep the pseudo-labels of --clusters (10)."""
+    true_k = len(np.unique(prepared.Y["train"]))
+    assert true_k != encoded.clusters  # otherwise the test could not tell the two apart
+    q = load_json(encoded.out / "encode.json")["quality_at_true_k"]
+    assert set(q) == {"ari", "nmi", "acc", "purity", "clusters"} and q["clusters"] == true_k
+    assert 0 <= q["nmi"] <= 1 and 0 < q["acc"] <= 1
+    assert len(np.unique(load_split(encoded.path["train"]).cluster_label)) == encoded.clusters
+    assert len(np.unique(load_array(encoded.path["train_emb"], "cluster_label"))) == encoded.clusters
+    assert len(load_array(encoded.path["train_clusters"], "cluster_centers")) == encoded.clusters
+
+
+def test_quality_at_true_k_by_hand():
+    """Two far-apart blobs labelled by blob: k-means with K = 2 finds them exactly; one class has nothing to score."""
+    rng = np.random.default_rng(0)
+    Z = np.concatenate([rng.normal(0, 0.1, (30, 3)), rng.normal(5, 0.1, (30, 3))]).astype(np.float32)
+    Y = np.repeat([7, 9], 30)
+    q = quality_at_true_k(Z, Y, niter=10, seed=0)
+    assert q["clusters"] == 2 and [q[m] for m in ("acc", "nmi", "ari", "purity")] == pytest.approx([1, 1, 1, 1])
+    assert quality_at_true_k(Z, np.full(60, 3), niter=10, seed=0) is None
+
+
+def test_every_cache_records_the_data_the_embedding_was_trained_on(encoded, prepared, cfe_checkpoint, tmp_path):
+    """The checkpoint's config names cfe.train's --data; the prepare.json beside it says which dataset that is,
+    from which source, with which classes excluded (a missing key: null)."""
+    data = tmp_path / "cfe_data" / "synth_cache_train.npz"
+    data.parent.mkdir()
+    data.write_bytes(prepared.path["train"].read_bytes())
+    excluded = {"lists": ["val_test_classes.txt"], "removed": ["cat", "dog"]}
+    (data.parent / "prepare.json").write_text(json.dumps({"dataset": "synth", "source": "generated",
+                                                          "excluded_classes": excluded, "splits": {}}))
+    state = torch.load(cfe_checkpoint, weights_only=True)
+    state["config"] = {"data": str(data)}
+    ckpt = tmp_path / "trained_on.pt"
+    torch.save(state, ckpt)
+    out = tmp_path / "caches"
+    encode.main(encode_argv(ckpt, prepared.root, prepared.name, out))
+    want = {"data": str(data), "dataset": "synth", "source": "generated", "excluded_classes": excluded}
+    assert load_json(out / "encode.json")["embedding_data"] == want
+    for s in ("train", "val", "test"):
+        assert load_split(out / encoded.path[s].name).meta["embedding_data"] == want
+    for name in ("train_clusters", "train_emb"):
+        assert json.loads(str(load_array(out / encoded.path[name].name, "meta")))["embedding_data"] == want
+    # the fixture's checkpoint has an empty config: nothing known
+    nothing = {"data": None, "dataset": None, "source": None, "excluded_classes": None}
+    assert load_json(encoded.out / "encode.json")["embedding_data"] == nothing
+    assert load_split(encoded.path["train"]).meta["embedding_data"] == nothing
+
+
+def test_embedding_data_without_prepare_json_or_config(tmp_path):
+    data = tmp_path / "x_cache_train.npz"  # no prepare.json beside it
+    assert embedding_data({"data": str(data)}) == {"data": str(data), "dataset": None, "source": None,
+                                                   "excluded_classes": None}
+    nothing = {"data": None, "dataset": None, "source": None, "excluded_classes": None}
+    assert embedding_data(None) == embedding_data({}) == embedding_data({"epochs": 3}) == nothing
+    (tmp_path / "prepare.json").write_text(json.dumps({"dataset": "omniglot"}))  # older: no source, no exclusions
+    assert embedding_data({"data": str(data)}) == {"data": str(data), "dataset": "omniglot", "source": None,
+                                                   "excluded_classes": None}
+    (tmp_path / "prepare.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="prepare.json: not a JSON object"):
+        embedding_data({"data": str(data)})
 
 
 def test_rerun_needs_resume_and_labels_do_not_depend_on_the_true_train_labels(encoded, prepared, cfe_checkpoint,
