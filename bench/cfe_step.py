@@ -3,13 +3,18 @@
     python bench/cfe_step.py                      # cfe.train's defaults: Conv4, 28x28 grey, queue 16384, 4 splits
     python bench/cfe_step.py --queue-size 16384 65536
     python bench/cfe_step.py --bn-splits 1 4      # one BatchNorm and loss over the batch vs 4 splits + key shuffle
+    python bench/cfe_step.py --image-size 84 --channels 3 --backbone conv4 resnet18   # mini-ImageNet's images
     python bench/cfe_step.py --device cuda        # on a GPU, against its fp32 matmul peak
 
-Every setting given (each --queue-size x --bn-splits) is measured in the same process on the same cores, their
-steps interleaved so that any slowdown of the machine hits all of them alike, and each is reported as its median
-step time, its ratio to the first setting, and its share of the matmul peak (the step's achieved FLOP rate over a
-4096x4096 fp32 matmul's). FLOPs are counted by torch's FlopCounterMode (convolutions, matmuls; elementwise ops are
-not counted, so the share is a lower bound).
+The step is cfe.train's: a CFE model built as cfe.train builds it (its default widths, MLP head, --backbone), random
+uint8 images of --image-size x --image-size x --channels, and cfe.train's views of them (Omniglot's augmentation for
+1 channel, MoCo v2's colour augmentation, cfe.colour, for 3).
+
+Every setting given (each --backbone x --queue-size x --bn-splits) is measured in the same process on the same
+cores, their steps interleaved so that any slowdown of the machine hits all of them alike, and each is reported as
+its median step time, its images per second, its ratio to the first setting, and its share of the matmul peak (the
+step's achieved FLOP rate over a 4096x4096 fp32 matmul's; --peak-size sets that side). FLOPs are counted by
+torch's FlopCounterMode (convolutions, matmuls; elementwise ops are not counted, so the share is a lower bound).
 """
 
 import argparse
@@ -24,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cfe.model import CFE
 from cfe.train import check_step_settings, train_step
+from fewshot.backbones import BACKBONES, check_image_side
 from fewshot.cli import THREADS_HELP, HelpFormatter, nonneg_int, positive_int
 from fewshot.errors import cli_main
 from fewshot.runtime import pick_device, set_threads
@@ -51,13 +57,14 @@ def matmul_gflops(device, n=4096, repeats=5) -> float:
     return 2 * n**3 / min(timed(lambda: a @ b, device) for _ in range(repeats)) / 1e9
 
 
-def make_step(device, batch_size, queue_size, bn_splits):
+def make_step(device, batch_size, image_size, channels, backbone, queue_size, bn_splits):
     """A closure running one training step of a fresh CFE model with this setting (seeded, so repeatable)."""
     torch.manual_seed(0)
-    model = CFE(queue_size=queue_size, bn_splits=bn_splits)
+    model = CFE(in_channels=channels, image_size=image_size, queue_size=queue_size, bn_splits=bn_splits,
+                backbone=backbone)
     model = model.to(device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.encoder_q.parameters(), 0.03, momentum=0.9, weight_decay=1e-4)
-    images = torch.randint(0, 256, (batch_size, 28, 28, 1), dtype=torch.uint8, device=device)
+    images = torch.randint(0, 256, (batch_size, image_size, image_size, channels), dtype=torch.uint8, device=device)
     gen = torch.Generator(device=device).manual_seed(0)
     return lambda: train_step(model, opt, images, gen)
 
@@ -66,9 +73,16 @@ def get_parser():
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n")[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per step")
+    p.add_argument("--image-size", type=positive_int, default=28, help="side of the square images, in pixels")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=1,
+                   help="1: grey, Omniglot's augmentation; 3: RGB, MoCo v2's colour augmentation")
+    p.add_argument("--backbone", choices=BACKBONES, nargs="+", default=["conv4"],
+                   help="encoder networks to time (cfe.train's --backbone)")
     p.add_argument("--queue-size", type=positive_int, nargs="+", default=[16384], help="queue lengths to time")
     p.add_argument("--bn-splits", type=positive_int, nargs="+", default=[4], help="BatchNorm and loss splits to time")
     p.add_argument("--steps", type=positive_int, default=20, help="timed steps per setting")
+    p.add_argument("--peak-size", type=positive_int, default=4096,
+                   help="side of the square fp32 matmul that measures the peak (smaller: quicker, a lower peak)")
     p.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (the matmul peak is measured there too)")
     return p
@@ -76,12 +90,13 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    settings = list(itertools.product(args.queue_size, args.bn_splits))
-    for q, s in settings:
+    settings = list(itertools.product(args.backbone, args.queue_size, args.bn_splits))
+    for _, q, s in settings:
         check_step_settings(args.batch_size, q, s)
+    check_image_side(args.image_size, "--image-size")  # as cfe.train checks its images, whatever the backbone
     set_threads(args.threads)
     device = pick_device(args.device)
-    steps = [make_step(device, args.batch_size, *setting) for setting in settings]
+    steps = [make_step(device, args.batch_size, args.image_size, args.channels, *setting) for setting in settings]
     flops = []
     for step in steps:
         for _ in range(3):  # warm-up (allocator, oneDNN primitive caches)
@@ -93,15 +108,17 @@ def main(argv=None):
     for _ in range(args.steps):
         for step, ts in zip(steps, times):
             ts.append(timed(step, device))
-    peak = matmul_gflops(device)
+    peak = matmul_gflops(device, args.peak_size)
     medians = [statistics.median(ts) for ts in times]
-    rows = [{"queue_size": q, "bn_splits": s,
+    rows = [{"backbone": b, "queue_size": q, "bn_splits": s,
              "step_seconds_median": round(sec, 4), "step_seconds_min": round(min(ts), 4),
-             "ratio_to_first": round(sec / medians[0], 3),
+             "images_per_s": round(args.batch_size / sec, 1), "ratio_to_first": round(sec / medians[0], 3),
              "step_gflop": round(f / 1e9, 2), "step_gflops_per_s": round(f / sec / 1e9, 1),
              "share_of_matmul_peak": round(f / sec / 1e9 / peak, 3)}
-            for (q, s), sec, ts, f in zip(settings, medians, times, flops)]
-    print(json.dumps({"settings": rows, "matmul_gflops_per_s": round(peak, 1), "batch_size": args.batch_size,
+            for (b, q, s), sec, ts, f in zip(settings, medians, times, flops)]
+    print(json.dumps({"settings": rows, "matmul_gflops_per_s": round(peak, 1), "matmul_size": args.peak_size,
+                      "batch_size": args.batch_size,
+                      "image_size": args.image_size, "channels": args.channels,
                       "steps": args.steps, "threads": torch.get_num_threads(), "torch": str(torch.__version__),
                       "device": str(device), "machine": device_name(device)}, indent=2))
 

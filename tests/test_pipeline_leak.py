@@ -2,27 +2,49 @@
 
 The chain cfe.train -> cfe.encode -> maml.train (PEM on) and ep.train (both stages), and its variant with
 neighbour smoothing and two k-means partitions (cfe.encode --knn-smooth 2 --partitions 2), runs on copies of a
-small synthetic dataset that differ only in the train split's labels Y: the true ones, a permutation of them, and
-random labels of another number of classes and other class sizes.
+small dataset that differ only in the train split's labels Y: the true ones, a permutation of them, and random
+labels of another number of classes and other class sizes. Two datasets: synthetic 28x28 grey strokes written as
+caches directly (Conv4 on Omniglot's path, Omniglot's augmentation), and a folder of PNG files of coloured shapes
+prepared by `python -m fewshot.datasets imagefolder` into 84x84 RGB caches (the ImageNet path: MoCo v2's colour
+augmentation, cfe.colour).
 Weights, pseudo-labels and the MAML+PEM and EP models must be bit-identical; the pseudo-label quality reported
 against the (different) truth must differ.
 """
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageDraw
 
 from cfe import encode as cfe_encode
 from cfe import train as cfe_train
 from ep import train as ep_train
-from fewshot.data import load_array, load_split, prepared_path, write_split
+from fewshot import datasets
+from fewshot.data import SPLITS, load_array, load_split, prepared_path, write_split
 from maml import train as maml_train
 from tests.conftest import assert_same
 
-NAME, SIDE, K, DIM = "leak", 28, 10, 16
+SIDE, K, DIM = 28, 10, 16  # the synthetic images' side; k-means clusters and embedding dimension of both cases
+
+
+@dataclass(frozen=True)
+class Case:
+    """A dataset the chain runs on: the name of its caches ({name}_cache_{split}.npz), the shape of its images, and
+    cfe.train's epochs, batch and queue for it (4 BatchNorm splits, the default, in both)."""
+
+    name: str
+    shape: tuple
+    cfe_epochs: int
+    batch_size: int
+    queue_size: int
+
+
+CASES = {"synthetic": Case("leak", (SIDE, SIDE, 1), 2, 64, 256),
+         "imagefolder": Case("imagefolder", (84, 84, 3), 1, 16, 64)}  # fewshot.imagefolder.SIDE
 
 
 def synthetic_splits(seed=0) -> dict:
@@ -49,26 +71,74 @@ def synthetic_splits(seed=0) -> dict:
     return {"train": split(0, 20, 20), "val": split(100, 6, 10), "test": split(200, 6, 10)}
 
 
-def encoded(caches: Path) -> dict:
+def image_folder(root: Path, seed=0) -> Path:
+    """root/{train,val,test}/classNN/N.png: 10 train classes of 8 images, 5 val and 5 test classes of 6, 40x40 RGB
+    (the reader resizes them to 84x84). A class is one of 4 shapes in a hue of its own (hues 0.38 turn apart); each
+    image moves, resizes and tints it on a dark background. Class names are not WordNet ids, so no list of classes to
+    exclude can name them."""
+    rng = np.random.default_rng(seed)
+    sizes = {"train": (10, 8), "val": (5, 6), "test": (5, 6)}
+    c = 0
+    for split, (n_classes, per_class) in sizes.items():
+        for _ in range(n_classes):
+            shape = ("ellipse", "rectangle", "triangle", "cross")[c % 4]
+            hue = Image.new("HSV", (1, 1), (int(c * 0.38 % 1 * 255), 220, 230)).convert("RGB").getpixel((0, 0))
+            folder = root / split / f"class{c:02d}"
+            folder.mkdir(parents=True)
+            for i in range(per_class):
+                img = Image.new("RGB", (40, 40), (int(rng.integers(10, 40)),) * 3)
+                draw = ImageDraw.Draw(img)
+                (x, y), r = rng.integers(17, 24, 2), int(rng.integers(11, 15))
+                fill = tuple(int(v) for v in np.clip(np.array(hue) + rng.integers(-15, 16, 3), 0, 255))
+                if shape == "ellipse":
+                    draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
+                elif shape == "rectangle":
+                    draw.rectangle((x - r, y - r // 2, x + r, y + r // 2), fill=fill)
+                elif shape == "triangle":
+                    draw.polygon([(x, y - r), (x - r, y + r), (x + r, y + r)], fill=fill)
+                else:
+                    draw.rectangle((x - r, y - 3, x + r, y + 3), fill=fill)
+                    draw.rectangle((x - 3, y - r, x + 3, y + r), fill=fill)
+                img.save(folder / f"{i}.png")
+            c += 1
+    return root
+
+
+def imagefolder_splits(root: Path) -> dict:
+    """The image folder prepared by `python -m fewshot.datasets imagefolder`: {split: (X, Y)} of its caches."""
+    out = root / "prepared"
+    datasets.main(["imagefolder", "--source", str(image_folder(root / "images")), "--out", str(out)])
+    splits = {}
+    for s in SPLITS:
+        split = load_split(prepared_path(out, "imagefolder", s))
+        splits[s] = split.X, split.Y
+    assert {s: X.shape for s, (X, _) in splits.items()} == \
+        {"train": (80, 84, 84, 3), "val": (30, 84, 84, 3), "test": (30, 84, 84, 3)}
+    assert [len(np.unique(Y)) for _, Y in splits.values()] == [10, 5, 5]
+    return splits
+
+
+def encoded(case: Case, caches: Path) -> dict:
     """{train, val, test, train_clusters, train_emb: path} as cfe.encode's encode.json names them."""
     doc = json.loads((caches / "encode.json").read_text())
-    assert doc["dataset"] == NAME and doc["dim"] == DIM and doc["clusters"] == K
+    assert doc["dataset"] == case.name and doc["dim"] == DIM and doc["clusters"] == K
     assert set(doc["caches"]) == {"train", "val", "test", "train_clusters", "train_emb"}
     return {s: caches / name for s, name in doc["caches"].items()}
 
 
-def pipeline(data: Path, runs: Path) -> dict:
+def pipeline(case: Case, data: Path, runs: Path) -> dict:
     """cfe.train (4 BatchNorm splits, the default), then twice cfe.encode -> maml.train --caches (PEM on):
     plain, and with --knn-smooth 2 --partitions 2 ("-p2"). Returns {"": caches, "-p2": caches} (see encoded)."""
     common = ["--threads", "1", "--device", "cpu", "--seed", "3"]
-    cfe_train.main(["--data", str(prepared_path(data, NAME, "train")), "--out", str(runs / "cfe"), "--epochs", "2",
-                    "--batch-size", "64", "--queue-size", "256", "--hidden", "16", "--dim", str(DIM), *common])
+    cfe_train.main(["--data", str(prepared_path(data, case.name, "train")), "--out", str(runs / "cfe"),
+                    "--epochs", str(case.cfe_epochs), "--batch-size", str(case.batch_size),
+                    "--queue-size", str(case.queue_size), "--hidden", "16", "--dim", str(DIM), *common])
     caches = {}
     for name, extra in (("", []), ("-p2", ["--knn-smooth", "2", "--partitions", "2"])):
         cfe_encode.main(["--checkpoint", str(runs / "cfe/checkpoints/last.pt"), "--data-dir", str(data),
-                         "--dataset", NAME, "--out", str(runs / f"caches{name}"), "--clusters", str(K),
+                         "--dataset", case.name, "--out", str(runs / f"caches{name}"), "--clusters", str(K),
                          "--min-cluster-size", "20", "--niter", "20", *extra, *common])
-        caches[name] = encoded(runs / f"caches{name}")
+        caches[name] = encoded(case, runs / f"caches{name}")
         maml_train.main(["--caches", str(runs / f"caches{name}"), "--out", str(runs / f"maml{name}"),
                          "--epochs", "2", "--batches-per-epoch", "3", "--meta-batch", "2", "--hidden", "8",
                          "--pem-warmup", "0", "--pem-eta", "0", "--pem-candidates", "3",
@@ -89,25 +159,30 @@ def assert_same_state(a: dict, b: dict, what: str):
     assert_same(a, b, what)
 
 
-def run_copy(root: Path, splits: dict, train_y: np.ndarray) -> tuple:
+def run_copy(case: Case, root: Path, splits: dict, train_y: np.ndarray) -> tuple:
     """The chain on a copy of `splits` whose train labels are `train_y`: (its runs folder, its caches)."""
     data = root / "data"
     for s, (X, Y) in splits.items():
-        write_split(prepared_path(data, NAME, s), X, train_y if s == "train" else Y)
-    return root / "runs", pipeline(data, root / "runs")
+        write_split(prepared_path(data, case.name, s), X, train_y if s == "train" else Y)
+    return root / "runs", pipeline(case, data, root / "runs")
 
 
-@pytest.fixture(scope="module")
-def true_run(tmp_path_factory):
-    splits = synthetic_splits()
-    return splits, run_copy(tmp_path_factory.mktemp("true"), splits, splits["train"][1])
+@pytest.fixture(scope="module", params=list(CASES))
+def true_run(request, tmp_path_factory):
+    """(case, its splits, the chain on the true labels), once per case for all the ways of replacing them."""
+    case = CASES[request.param]
+    root = tmp_path_factory.mktemp(request.param)
+    splits = synthetic_splits() if request.param == "synthetic" else imagefolder_splits(root)
+    assert splits["train"][0].shape[1:] == case.shape
+    return case, splits, run_copy(case, root / "true", splits, splits["train"][1])
 
 
 def replaced_labels(true_y: np.ndarray, how: str) -> np.ndarray:
     if how == "permuted":
         y = np.random.default_rng(1).permutation(true_y)
         assert (y != true_y).mean() > 0.5
-    else:  # 3 classes of uneven sizes instead of 20 of 20, still disjoint from val (100-105) and test (200-205)
+    else:  # 3 classes of uneven sizes instead of 20 of 20 (or 10 of 8), still disjoint from the val and test
+        # labels (synthetic: 100-105 and 200-205; imagefolder: 10-14 and 15-19)
         y = 1000 + np.random.default_rng(1).integers(0, 3, len(true_y))
         assert len(np.unique(y)) == 3 != len(np.unique(true_y))
         assert len(set(np.bincount(y - 1000))) > 1  # sizes differ from class to class
@@ -118,9 +193,10 @@ def replaced_labels(true_y: np.ndarray, how: str) -> np.ndarray:
 # labels of another number of classes and other sizes can
 @pytest.mark.parametrize("how", ["permuted", "other classes"])
 def test_replacing_train_labels_changes_nothing_but_diagnostics(true_run, tmp_path, how):
-    """Not marked slow (a few seconds): it is the one proof that training never reads the train split's truth."""
-    splits, (a, caches_a) = true_run
-    b, caches_b = run_copy(tmp_path, splits, replaced_labels(splits["train"][1], how))
+    """Not marked slow (on one thread about 10 s for the synthetic case, 20 s for the image folder): it is the one
+    proof that training never reads the train split's truth, on grey and on colour images."""
+    case, splits, (a, caches_a) = true_run
+    b, caches_b = run_copy(case, tmp_path, splits, replaced_labels(splits["train"][1], how))
     ca, cb = caches_a[""], caches_b[""]
 
     # CFE: final weights (and queue), optimizer and schedule state
@@ -130,7 +206,10 @@ def test_replacing_train_labels_changes_nothing_but_diagnostics(true_run, tmp_pa
     assert_same_state(ka["scheduler"], kb["scheduler"], "cfe scheduler")
     assert ka["optimizer"]["state"], "no momentum buffers to compare"
     assert ka["arch"]["bn_splits"] == 4  # the default: one loss per BatchNorm split
-    assert ka["epoch"] == kb["epoch"] == 2
+    # the images' shape: 3 channels take MoCo v2's colour views (cfe.colour), 1 Omniglot's
+    assert (ka["arch"]["image_size"], ka["arch"]["in_channels"]) == (case.shape[0], case.shape[2])
+    assert ka["config"]["image_shape"] == list(case.shape)
+    assert ka["epoch"] == kb["epoch"] == case.cfe_epochs
 
     # pseudo-labels: images, cluster labels and source rows of the train cache; centres; embeddings
     ta, tb = load_split(ca["train"]), load_split(cb["train"])
