@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from fewshot.errors import UserError, require_file
-from fewshot.io import save_npz
+from fewshot.io import mmap_npz_array, save_npz
 
 SPLITS = ("train", "val", "test")
 
@@ -73,8 +73,19 @@ def _from_upstream_floats(X, path) -> np.ndarray:
     return out
 
 
+# Images of a larger file are memory-mapped rather than read (tieredImageNet's train split is 9.5 GB); a mapped
+# array skips the zip's CRC check, which would read it all.
+MMAP_BYTES = 2**30
+
+
 def _read_images(npz, path) -> np.ndarray:
-    return check_images(_from_upstream_floats(_get(npz, path, "X"), path), path)
+    X = None
+    if Path(path).stat().st_size > MMAP_BYTES and "X" in npz.files:
+        try:
+            X = mmap_npz_array(path, "X")  # None where the file cannot be mapped: then read as usual
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, tokenize.TokenError, SyntaxError) as e:
+            raise UserError(f"{path}: array 'X' is corrupt ({type(e).__name__}: {e})") from None
+    return check_images(_from_upstream_floats(_get(npz, path, "X") if X is None else X, path), path)
 
 
 def check_images(X, path="images") -> np.ndarray:

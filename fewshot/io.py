@@ -56,6 +56,29 @@ def save_npz(path, **arrays) -> None:
             np.savez(f, **arrays)
 
 
+def mmap_npz_array(path, key: str):
+    """The array `key` of an .npz file as a copy-on-write memory map, or None where it cannot be mapped (a
+    compressed member, an object array). np.savez stores members uncompressed, so an array's bytes lie in the file
+    as they are: past the member's local zip header and its .npy header. Writes to the map stay in memory."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z, open(path, "rb") as f:
+        info = z.getinfo(f"{key}.npy")
+        if info.compress_type != zipfile.ZIP_STORED:
+            return None
+        f.seek(info.header_offset)
+        local = f.read(30)  # the local header: its name and extra-field lengths may differ from the central one's
+        name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+        start = info.header_offset + 30 + name_len + extra_len
+        f.seek(start)
+        fmt = np.lib.format
+        read_header = fmt.read_array_header_1_0 if fmt.read_magic(f) == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        if dtype.hasobject:
+            return None
+        return np.memmap(path, dtype=dtype, mode="c", shape=shape, order="F" if fortran else "C", offset=f.tell())
+
+
 def save_json(path, obj) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")

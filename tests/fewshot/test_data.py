@@ -150,6 +150,26 @@ def test_damaged_npy_header_is_a_user_error(tmp_path):
         load_split(_bytes(tmp_path, "damaged.npz", bytes(damaged)))
 
 
+def test_large_files_images_are_memory_mapped(tmp_path, monkeypatch):
+    from fewshot import data
+
+    X = np.random.default_rng(0).integers(0, 256, (30, 12, 12, 3), dtype=np.uint8)
+    write_split(tmp_path / "s.npz", X, np.arange(30) % 3)
+    np.savez_compressed(tmp_path / "c.npz", X=X, Y=np.arange(30) % 3)
+    assert type(load_images(tmp_path / "s.npz")) is np.ndarray  # small: read
+    monkeypatch.setattr(data, "MMAP_BYTES", 0)
+    mapped = load_split(tmp_path / "s.npz").X
+    assert isinstance(mapped, np.memmap) and np.array_equal(mapped, X)
+    mapped[0] = 0  # copy-on-write: the file keeps its pixels
+    assert np.array_equal(load_images(tmp_path / "s.npz"), X)
+    compressed = load_images(tmp_path / "c.npz")  # cannot be mapped: read as usual
+    assert not isinstance(compressed, np.memmap) and np.array_equal(compressed, X)
+    damaged = bytearray((tmp_path / "s.npz").read_bytes())
+    damaged[100:120] = b"x" * 20  # X's .npy header
+    with pytest.raises(UserError, match=r"d.npz: array 'X' is corrupt"):
+        load_images(_bytes(tmp_path, "d.npz", bytes(damaged)))
+
+
 def test_write_split_refuses_float_images(tmp_path):
     with pytest.raises(UserError, match="uint8"):
         write_split(tmp_path / "f.npz", np.zeros((2, 28, 28, 1), np.float32), [0, 1])
