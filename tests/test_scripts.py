@@ -80,7 +80,7 @@ def test_presets_set_the_budgets_and_leave_every_other_setting_to_the_stages(tmp
             assert "--seed" not in args  # the test tasks are seed 0's, whatever the training seed
     baseline = args_of(calls, "fewshot.baseline")
     assert option(baseline, "--cache") == f"{tmp_path}/data/omniglot_cache_test.npz"
-    assert baseline[baseline.index("--shots") + 1:] == ["1", "5"]
+    assert baseline[baseline.index("--shots") + 1:] == ["1", "5", "--tasks", "1000"]
 
 
 def test_variables_reach_the_stages(tmp_path):

@@ -19,6 +19,7 @@ PEM=${PEM:-1}                         # with maml, 1: MAML + PEM; 0: plain MAML 
 LEARNER_DIR=${LEARNER_DIR:-$RUN_DIR/$([ "$METALEARNER" = ep ] && echo ep || { [ "$PEM" = 1 ] && echo maml-pem || echo maml-nopem; })}
 SPLIT=${SPLIT:-test}                  # test | val: the split the meta-tests and the baseline evaluate
 TEST_SHOTS=${TEST_SHOTS-"1 5"}        # 5-way tests to run; empty: train only
+TEST_TASKS=${TEST_TASKS:-1000}        # tasks per meta-test (and baseline)
 PREPARE_ARGS=${PREPARE_ARGS:-}        # more options for each stage (see python -m STAGE --help), e.g.
 CFE_ARGS=${CFE_ARGS:-}                #   MAML_ARGS="--first-order"; a run with other options needs its own
 ENCODE_ARGS=${ENCODE_ARGS:-}          #   folder (RUN_DIR or LEARNER_DIR)
@@ -63,12 +64,12 @@ for shots in $TEST_SHOTS; do
   if [ "$LEARNER_DIR/results/${SPLIT}_5w${shots}s.json" -nt "$LEARNER_DIR/checkpoints/best.pt" ]; then
     echo "exists, skipped"
   else "$PYTHON" -m $METALEARNER.test --run "$LEARNER_DIR" --split "$SPLIT" --shots "$shots" "${test_args[@]}" \
-    --device "$DEVICE" --threads "$THREADS"; fi
+    --tasks "$TEST_TASKS" --device "$DEVICE" --threads "$THREADS"; fi
 done
 if [ -n "$TEST_SHOTS" ]; then
   step "raw-pixel baseline on the same $SPLIT tasks -> $RUN_DIR/pixels"
   "$PYTHON" -m fewshot.baseline --cache "$DATA_DIR/${DATASET}_cache_$SPLIT.npz" --split "$SPLIT" \
-    --out "$RUN_DIR/pixels" --shots $TEST_SHOTS
+    --out "$RUN_DIR/pixels" --shots $TEST_SHOTS --tasks "$TEST_TASKS"
   step "summary ($RUN_DIR/summary.md)"
   "$PYTHON" -m fewshot.report "$RUN_DIR"
 fi
