@@ -25,18 +25,20 @@ def require_file(path, what: str = "file") -> Path:
 
 
 def refuse_multiprocess() -> None:
-    """Every stage runs in one process for now; under `torchrun --nproc_per_node N` each of the N copies would
-    write the same run folder and race on its files, so refuse instead of running them."""
+    """A stage that does not scale out runs in one process: under `torchrun --nproc_per_node N` each of the N copies
+    would write the same run folder and race on its files, so refuse instead of running them."""
     world = os.environ.get("WORLD_SIZE", "1")
     if world.strip() not in ("", "1"):
         raise UserError(f"WORLD_SIZE={world}: this command runs in one process; start it without torchrun "
                         "(or with --nproc_per_node 1)")
 
 
-def cli_main(main, argv=None, resumable=False) -> None:
-    """Run a command's main(); `resumable`: it has --resume, which an interrupted run should be rerun with."""
+def cli_main(main, argv=None, resumable=False, distributed=False) -> None:
+    """Run a command's main(); `resumable`: it has --resume, which an interrupted run should be rerun with;
+    `distributed`: it runs under torchrun (fewshot.distributed), else a multi-process launch is refused."""
     try:
-        refuse_multiprocess()
+        if not distributed:
+            refuse_multiprocess()
         main(argv)
     except UserError as e:
         message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())  # one line, always
@@ -46,3 +48,8 @@ def cli_main(main, argv=None, resumable=False) -> None:
         hint = "rerun the same command with --resume to continue" if resumable else "rerun the same command"
         print(f"interrupted: {hint}", file=sys.stderr)
         sys.exit(130)
+    finally:
+        if distributed:
+            from fewshot.distributed import shutdown  # here: fewshot.distributed imports this module
+
+            shutdown()
