@@ -18,6 +18,9 @@ unsupervised-clustering papers report). Every cache records the embedding's trai
 With --partitions P, k-means runs P times (seeds --seed .. --seed + P - 1) and the train cache holds every
 partition's clusters, labelled one after the other, each image once per partition, with a `partition` array
 saying which partition each row belongs to; maml.train then draws each task from one partition.
+
+--checkpoint also takes upstream PL-CFE's pretrained checkpoints (checkpoint_0199.pth.tar; cfe/upstream.py): its
+conv4 for 28 px grey images, its ResNet-50 for 84 px RGB ones.
 """
 
 import json
@@ -28,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cfe.model import load_cfe
+from cfe.upstream import load_any
 from fewshot.backbones import to_float
 from fewshot.cli import DEVICE_HELP, THREADS_HELP, make_parser, nonneg_int, positive_int, seed_int
 from fewshot.data import (
@@ -50,7 +53,8 @@ from fewshot.runtime import pick_device, set_threads
 
 def get_parser():
     p = make_parser("python -m cfe.encode", __doc__)
-    p.add_argument("--checkpoint", required=True, help="cfe checkpoint (.pt)")
+    p.add_argument("--checkpoint", required=True,
+                   help="cfe checkpoint (.pt), or upstream PL-CFE's (checkpoint_0199.pth.tar: cfe/upstream.py)")
     p.add_argument("--data-dir", required=True, help="folder with {dataset}_cache_{train,val,test}.npz")
     p.add_argument("--dataset", required=True, help="dataset name, used in file names")
     p.add_argument("--out", required=True, help="folder for the caches")
@@ -250,7 +254,7 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     set_threads(args.threads)
     device = pick_device(args.device)
-    model = load_cfe(args.checkpoint, device)
+    model = load_any(args.checkpoint, device)
     X_train, Y_train, labelled = read_inputs(args, model.arch)
     trained_on = embedding_data(model.train_config)  # read before the run folder exists, as every input
     out = prepare_run_dir(Path(args.out), vars(args), resume=args.resume)  # the same settings, or an error

@@ -12,7 +12,7 @@ them as JSON with the checkpoint, settings and provenance.
 import numpy as np
 
 from cfe.encode import embed, quality_at_true_k
-from cfe.model import load_cfe
+from cfe.upstream import load_any
 from fewshot.cli import DEVICE_HELP, THREADS_HELP, make_parser, nonneg_int, positive_int, seed_int
 from fewshot.data import SPLITS, assert_disjoint_classes, load_split, prepared_path
 from fewshot.errors import UserError, cli_main
@@ -39,7 +39,7 @@ def main(argv=None):
     args = get_parser().parse_args(argv)
     set_threads(args.threads)
     device = pick_device(args.device)
-    model = load_cfe(args.checkpoint, device)
+    model = load_any(args.checkpoint, device)
     splits = {s: load_split(prepared_path(args.data_dir, args.dataset, s)) for s in dict.fromkeys(args.splits)}
     want = (model.arch["image_size"], model.arch["image_size"], model.arch["in_channels"])
     for split in splits.values():
