@@ -10,7 +10,10 @@ import torch.nn.functional as F
 from cfe.loss import cfe_loss
 from fewshot.backbones import make_backbone
 from fewshot.checkpoint import load_checkpoint, load_state
+from fewshot.distributed import World, all_gather_cat
 from fewshot.errors import UserError
+
+ONE_PROCESS = World()  # rank 0 of 1: plain `python -m`, and every model load_cfe rebuilds
 
 
 def make_encoder(backbone, in_channels, hidden, image_size, dim, mlp, bn_splits=1):
@@ -27,16 +30,24 @@ class CFE(nn.Module):
     """f_q (trained), f_k (its moving average) and a queue of past keys.
 
     bn_splits > 1 emulates upstream's multi-GPU run in one process: BatchNorm statistics per 1/bn_splits of the
-    batch, keys shuffled across the splits, and one loss per split (cfe/loss.py)."""
+    batch, keys shuffled across the splits, and one loss per split (cfe/loss.py).
+
+    Under torchrun, `world` is this process's place among the ranks (fewshot.distributed.World) and the model runs
+    on its 1/world.size of the global batch; bn_splits stays the global number of BatchNorm groups (what `arch`
+    records, so a checkpoint reads the same whatever the launch), of which this rank holds bn_splits / world.size.
+    Keys are shuffled across all ranks and every rank's queue takes every rank's keys, so a run on N ranks is the
+    same model as one process with the same global batch and bn_splits."""
 
     def __init__(self, in_channels=1, hidden=64, image_size=28, dim=64, mlp=True, queue_size=16384, momentum=0.999,
-                 temperature=0.2, bn_splits=1, backbone="conv4"):
+                 temperature=0.2, bn_splits=1, backbone="conv4", world=ONE_PROCESS):
         super().__init__()
+        assert bn_splits % world.size == 0, f"{bn_splits} BatchNorm groups do not divide among {world.size} ranks"
         self.arch = dict(backbone=backbone, in_channels=in_channels, hidden=hidden, image_size=image_size, dim=dim,
                          mlp=mlp, queue_size=queue_size, momentum=momentum, temperature=temperature,
                          bn_splits=bn_splits)
         self.momentum, self.temperature, self.bn_splits = momentum, temperature, bn_splits
-        self.encoder_q = make_encoder(backbone, in_channels, hidden, image_size, dim, mlp, bn_splits)
+        self.world, self.local_splits = world, bn_splits // world.size
+        self.encoder_q = make_encoder(backbone, in_channels, hidden, image_size, dim, mlp, self.local_splits)
         self.encoder_k = copy.deepcopy(self.encoder_q)  # starts equal to f_q, then follows it by EMA
         for p in self.encoder_k.parameters():
             p.requires_grad = False
@@ -58,29 +69,44 @@ class CFE(nn.Module):
         self.queue[idx] = keys
         self.queue_ptr.copy_((self.queue_ptr + n) % k)
 
+    def running_statistics(self) -> list:
+        """The BatchNorm running means and variances of f_q and f_k. Each rank's are the mean of its own groups'
+        updates, linear in them, so their mean over the ranks is what one process over all groups holds."""
+        return [b for enc in (self.encoder_q, self.encoder_k) for b in enc.buffers() if b.is_floating_point()]
+
     def embed(self, x):
         """Normalised embedding of f_q (head included, as upstream encodes): NxC."""
         return F.normalize(self.encoder_q(x), dim=1)
 
     def forward(self, x1, x2, gen=None):
-        """Two views of the same N images -> scalar loss; updates f_k and the queue as side effects.
-        `gen` draws the key shuffle when BatchNorm is split."""
+        """Two views of the same N images (this rank's share of the global batch) -> scalar loss (this rank's);
+        updates f_k and the queue as side effects. `gen` draws the key shuffle when BatchNorm is split; under
+        torchrun it must draw the same numbers on every rank."""
         q = self.embed(x1)  # queries: NxC
         with torch.no_grad():
             self.momentum_update()
-            if self.bn_splits > 1:
-                # as MoCo's shuffle BN across GPUs (moco/builder.py _batch_shuffle_ddp): a key is normalised
-                # with other images than its query, so matching BN statistics cannot identify the positive
-                order = torch.randperm(x2.shape[0], generator=gen, device=x2.device)
-                k = torch.empty_like(q)
-                k[order] = F.normalize(self.encoder_k(x2[order]), dim=1)  # keys: NxC, back in batch order
-            else:  # one BatchNorm over the batch: nothing to shuffle across
-                k = F.normalize(self.encoder_k(x2), dim=1)  # keys: NxC
+            k, k_all = self.keys(x2, gen)  # NxC, and the global batch's: (world*N)xC
         # enqueue overwrites the queue in place right after; cfe_loss copies it into its key matrix (torch.cat)
         # first, so its backward is unaffected (tests/cfe/test_model.py checks the gradients)
-        loss = cfe_loss(q, k, self.queue, self.temperature, groups=self.bn_splits)
-        self.enqueue(k)
+        loss = cfe_loss(q, k, self.queue, self.temperature, groups=self.local_splits)
+        self.enqueue(k_all)  # every rank's keys: the ranks' queues stay equal
         return loss
+
+    @torch.no_grad()
+    def keys(self, x2, gen):
+        """Normalised keys of this rank's views x2 (NxC) and of the global batch ((world*N)xC, in batch order)."""
+        if self.bn_splits == 1:  # one BatchNorm over the batch (and one rank): nothing to shuffle across
+            k = F.normalize(self.encoder_k(x2), dim=1)  # keys: NxC
+            return k, k
+        # as MoCo's shuffle BN across GPUs (moco/builder.py _batch_shuffle_ddp / _batch_unshuffle_ddp): a key is
+        # normalised with other images than its query, so matching BN statistics cannot identify the positive.
+        # In one process the gathers return their input: the rank's slice is the whole batch.
+        x_all = all_gather_cat(x2)  # (world*N)xCxHxW: every rank's views, in global batch order
+        n, r = x2.shape[0], self.world.rank
+        order = torch.randperm(x_all.shape[0], generator=gen, device=x2.device)  # the same on every rank
+        k_all = torch.empty(x_all.shape[0], self.queue.shape[1], dtype=self.queue.dtype, device=x2.device)
+        k_all[order] = all_gather_cat(F.normalize(self.encoder_k(x_all[order[r * n:(r + 1) * n]]), dim=1))
+        return k_all[r * n:(r + 1) * n], k_all
 
 
 def load_cfe(path, device="cpu") -> CFE:

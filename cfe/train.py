@@ -1,6 +1,14 @@
 """Train the clustering-friendly embedding (CFE) on unlabelled images.
 
     python -m cfe.train --data data/omniglot/omniglot_cache_train.npz --out runs/omniglot/cfe --epochs 200
+    torchrun --nproc_per_node=4 -m cfe.train --data ... --out ...      # 4 processes (GPUs: one each; CPUs: gloo)
+
+Under torchrun (fewshot.distributed) --batch-size stays the global batch and --bn-splits the global number of
+BatchNorm groups: each of the N processes trains on its 1/N of every batch and holds bn_splits/N of the groups, keys
+are shuffled across the processes and gathered into every process's queue, and the gradients are averaged, so the N
+processes train the model one process trains (to float tolerance): one process with --bn-splits 4 is the twin of 4
+GPUs (or 2) with --bn-splits 4. Only rank 0 writes the run folder and prints; a run may resume on another number of
+processes.
 
 Reads only the images (`X`) of the split. Writes into --out: config.json, metrics.jsonl (one line per epoch),
 checkpoints/last.pt after every epoch and checkpoints/epoch_NNNN.pt every --save-every epochs. --resume
@@ -18,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from cfe.colour import augment_for
-from cfe.model import CFE
+from cfe.model import CFE, ONE_PROCESS
 from fewshot.backbones import BACKBONES, check_image_side, to_float
 from fewshot.checkpoint import load_checkpoint, load_state, save_checkpoint, snapshot_path
 from fewshot.cli import (
@@ -33,12 +41,14 @@ from fewshot.cli import (
     unit_float,
 )
 from fewshot.data import load_images
+from fewshot.distributed import all_reduce_mean_, broadcast_object, init
 from fewshot.errors import UserError, cli_main
 from fewshot.io import RESUMABLE_CHANGES, JsonlLog, prepare_run_dir, provenance
-from fewshot.runtime import epoch_seed, pick_device, seed_everything, set_threads
+from fewshot.runtime import epoch_seed, seed_everything, set_threads
 
-# the cosine schedule depends on --epochs, so unlike MAML's a CFE run cannot be lengthened on resume
-MAY_CHANGE = tuple(k for k in RESUMABLE_CHANGES if k != "epochs")
+# the cosine schedule depends on --epochs, so unlike MAML's a CFE run cannot be lengthened on resume; the number of
+# processes may change, as every setting keeps its global meaning (tests/cfe/test_distributed.py)
+MAY_CHANGE = tuple(k for k in RESUMABLE_CHANGES if k != "epochs") + ("world_size",)
 
 
 def get_parser():
@@ -46,7 +56,8 @@ def get_parser():
     p.add_argument("--data", required=True, help="train split .npz (only its images X are read)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--epochs", type=positive_int, default=200, help="epochs over the train images")
-    p.add_argument("--batch-size", type=positive_int, default=256, help="images per step")
+    p.add_argument("--batch-size", type=positive_int, default=256,
+                   help="images per step, over all processes under torchrun (as MoCo's main_moco.py)")
     p.add_argument("--lr", type=positive_float, default=0.03,
                    help="SGD learning rate at the start of the cosine schedule")
     p.add_argument("--momentum", type=nonneg_float, default=0.9, help="SGD momentum")
@@ -69,7 +80,8 @@ def get_parser():
     p.add_argument("--temperature", type=positive_float, default=0.2, help="softmax temperature T of the loss")
     p.add_argument("--bn-splits", type=positive_int, default=4,
                    help="emulate upstream's N-GPU run in one process: BatchNorm statistics and the loss per "
-                        "batch/N images, keys shuffled across the N splits (1: one BatchNorm and loss over the batch)")
+                        "batch/N images, keys shuffled across the N splits (1: one BatchNorm and loss over the batch); "
+                        "under torchrun the global number, each process holding N / processes of them")
     p.add_argument("--seed", type=seed_int, default=0,
                    help="seed of the weights, batches and augmentation (0 .. 2**31 - 1)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -79,14 +91,21 @@ def get_parser():
     return p
 
 
-def check_step_settings(batch_size, queue_size, bn_splits) -> None:
-    """A clear error for a batch / queue / BatchNorm-split combination the CFE step cannot run."""
+def check_step_settings(batch_size, queue_size, bn_splits, world_size=1) -> None:
+    """A clear error for a batch / queue / BatchNorm-split combination the CFE step cannot run on world_size
+    processes (every rank checks, before its first collective, so all of them stop alike)."""
     if min(batch_size, queue_size) < 1:
         raise UserError(f"--batch-size and --queue-size must be >= 1, got {batch_size} and {queue_size}")
-    if batch_size > queue_size:
+    if batch_size > queue_size:  # every rank's queue takes the global batch's keys
         raise UserError(f"--batch-size {batch_size} must not exceed --queue-size {queue_size}")
+    if batch_size % world_size:
+        raise UserError(f"--batch-size {batch_size} is the global batch and must divide among the {world_size} "
+                        f"processes")
     if bn_splits < 1 or batch_size % bn_splits:
         raise UserError(f"--bn-splits {bn_splits} must be >= 1 and divide --batch-size {batch_size}")
+    if bn_splits % world_size:
+        raise UserError(f"--bn-splits {bn_splits} is the global number of BatchNorm groups and must divide among "
+                        f"the {world_size} processes")
 
 
 def load_train_images(path, batch_size) -> torch.Tensor:
@@ -102,14 +121,15 @@ def load_train_images(path, batch_size) -> torch.Tensor:
     return X
 
 
-def build(args, image_shape, device) -> tuple:
+def build(args, image_shape, device, world=ONE_PROCESS) -> tuple:
     """Model, SGD on f_q and the cosine schedule, as facebookresearch/moco main_moco.py builds them.
     The schedule steps once per epoch with T_max = epochs: lr * 0.5 * (1 + cos(pi * epoch / epochs)), main_moco.py's
     adjust_learning_rate with --cos."""
     h, _, c = image_shape
     model = CFE(in_channels=c, hidden=args.hidden, image_size=h, dim=args.dim, mlp=args.mlp,
                 queue_size=args.queue_size, momentum=args.key_momentum, temperature=args.temperature,
-                bn_splits=args.bn_splits, backbone=args.backbone).to(device, memory_format=torch.channels_last)
+                bn_splits=args.bn_splits, backbone=args.backbone, world=world)
+    model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.encoder_q.parameters(), args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
@@ -117,26 +137,42 @@ def build(args, image_shape, device) -> tuple:
 
 
 def train_step(model, optimizer, images, gen) -> torch.Tensor:
-    """One CFE step on a batch of uint8 NHWC images: two augmented views, loss, SGD update (skipped when the
-    loss is not finite, which the caller turns into an error). Returns the loss."""
+    """One CFE step on a global batch of uint8 NHWC images: two augmented views, the loss on this rank's slice
+    (model.world's), f_q's gradients averaged over the ranks, SGD update (skipped when the loss is not finite, which
+    the caller turns into an error). Returns the loss averaged over the ranks: the one-process loss of the batch."""
     x = to_float(images)
     augment = augment_for(x.shape[1])  # grey: upstream's Omniglot views; colour: MoCo v2's
-    loss = model(augment(x, gen), augment(x, gen), gen)
-    if torch.isfinite(loss):
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+    # NOTE: every rank augments the whole global batch and keeps its slice, so the shared generator draws the same
+    # numbers on every rank and the key shuffle and later batches agree. The views' draws are per image, in batch
+    # order, inside cfe.augment / cfe.colour; drawing only a slice's would need them changed. Cost: world_size
+    # times each rank's augmentation, small beside the encoders' forward and backward. The model still gathers the
+    # key views from the ranks (MoCo's shuffle BN), which this rank already holds: one more collective per step, so
+    # that the model, like MoCo's, does not depend on how its views were made.
+    v1, v2 = augment(x, gen), augment(x, gen)
+    world, n = model.world, len(x) // model.world.size
+    mine = slice(world.rank * n, (world.rank + 1) * n)  # rank r: rows [r*n, (r+1)*n) of the global batch
+    loss = model(v1[mine], v2[mine], gen)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    mean = loss.detach().clone()
+    # one collective for f_q's gradients and the loss: the mean of the ranks' gradients is that of the mean of their
+    # losses, the one-process loss (upstream's DDP); and every rank takes the same step / non-finite verdict
+    all_reduce_mean_([*(p.grad for p in model.encoder_q.parameters()), mean])
+    if torch.isfinite(mean):
         optimizer.step()
-    return loss.detach()
+    return mean
 
 
 def train_epoch(model, optimizer, X, batch_size, gen, epoch, desc, last) -> float:
     """One pass over X in the generator's order, dropping the last partial batch as upstream (drop_last=True).
-    Returns the mean loss; a non-finite loss is an error that names the last good checkpoint."""
+    Every rank draws the same permutation and global batches (a distributed sampler seeded per epoch) and trains on
+    its slice of each. Returns the mean loss; a non-finite loss is an error that names the last good checkpoint."""
     perm = torch.randperm(len(X), generator=gen, device=X.device)
     steps = len(X) // batch_size
     model.train()
     total = 0.0
-    bar = tqdm(range(steps), desc=desc, leave=False, mininterval=2)  # redrawn at mininterval, not every step
+    # redrawn at mininterval, not every step; rank 0's alone
+    bar = tqdm(range(steps), desc=desc, leave=False, mininterval=2, disable=not model.world.main)
     for i in bar:
         loss = train_step(model, optimizer, X[perm[i * batch_size:(i + 1) * batch_size]], gen)
         if not torch.isfinite(loss):
@@ -147,29 +183,61 @@ def train_epoch(model, optimizer, X, batch_size, gen, epoch, desc, last) -> floa
     return total / steps
 
 
+def prepare_on_rank0(world, out, config, resume, last) -> bool:
+    """prepare_run_dir on rank 0 alone (the one writer), its verdict sent to every rank: a bad --out or --resume
+    stops every rank with the same error rather than leaving the others waiting in their first collective. Returns
+    whether there is a last.pt to resume from (as rank 0 sees it; every rank then loads it)."""
+    error = None
+    if world.main:
+        try:
+            prepare_run_dir(out, config, resume=resume, may_change=MAY_CHANGE)
+        except UserError as e:  # raised again below, on every rank
+            error = str(e)
+    error, found = broadcast_object((error, resume and last.exists()))
+    if error is not None:
+        raise UserError(error)
+    return found
+
+
+def save_epoch(out, last, args, model, optimizer, scheduler, config, row) -> None:
+    """Rank 0's printed line and checkpoints of a finished epoch (`row`: its metrics line)."""
+    epoch = row["epoch"]
+    print(f"cfe epoch {epoch}/{args.epochs} loss {row['loss']:.4f} lr {row['lr']:.4f} ({row['seconds']:.0f}s)")
+    state = dict(arch=model.arch, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                 scheduler=scheduler.state_dict(), epoch=epoch, config=config, provenance=provenance())
+    # the snapshot first: a run killed between the two writes resumes from the previous last.pt and redoes
+    # this epoch bit-identically, rather than finding its last epoch done and its final snapshot missing
+    if epoch % args.save_every == 0 or epoch == args.epochs:
+        save_checkpoint(snapshot_path(out, epoch), "cfe", **state)
+    save_checkpoint(last, "cfe", **state)
+
+
 def main(argv=None):
     args = get_parser().parse_args(argv)
     config = vars(args).copy()
-    check_step_settings(args.batch_size, args.queue_size, args.bn_splits)
     set_threads(args.threads)
-    device = pick_device(args.device)
+    world, device = init(args.device)  # one process (World()) unless torchrun started several
+    config["world_size"] = world.size
+    # every rank checks its inputs before any collective, so a bad one stops them all alike
+    check_step_settings(args.batch_size, args.queue_size, args.bn_splits, world.size)
     X = load_train_images(args.data, args.batch_size)
     out = Path(args.out)
     last = out / "checkpoints" / "last.pt"
-    prepare_run_dir(out, config, resume=args.resume, may_change=MAY_CHANGE)
+    found = prepare_on_rank0(world, out, config, args.resume, last)
     config["image_shape"] = list(X.shape[1:])
 
-    seed_everything(args.seed)
-    model, optimizer, scheduler = build(args, X.shape[1:], device)
+    seed_everything(args.seed)  # the same weights and initial queue on every rank
+    model, optimizer, scheduler = build(args, X.shape[1:], device, world)
     start = 0
-    if args.resume and last.exists():
+    if found:
         ckpt = load_checkpoint(last, "cfe", required=("model", "optimizer", "scheduler", "epoch"))
         load_state(model, ckpt["model"], last)
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         start = ckpt["epoch"]
-        print(f"resumed from {last} at epoch {start}")
-    log = JsonlLog(out / "metrics.jsonl", start_epoch=start)
+        if world.main:
+            print(f"resumed from {last} at epoch {start}")
+    log = JsonlLog(out / "metrics.jsonl", start_epoch=start) if world.main else None
     X = X.to(device)
 
     for epoch in range(start, args.epochs):
@@ -179,17 +247,14 @@ def main(argv=None):
         loss = train_epoch(model, optimizer, X, args.batch_size, gen, epoch,
                            f"cfe epoch {epoch + 1}/{args.epochs}", last)
         scheduler.step()
-        row = dict(epoch=epoch + 1, loss=loss, lr=lr, seconds=round(time.time() - t0, 2))
-        log.write(**row)
-        print(f"cfe epoch {epoch + 1}/{args.epochs} loss {loss:.4f} lr {lr:.4f} ({row['seconds']:.0f}s)")
-        state = dict(arch=model.arch, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                     scheduler=scheduler.state_dict(), epoch=epoch + 1, config=config, provenance=provenance())
-        # the snapshot first: a run killed between the two writes resumes from the previous last.pt and redoes
-        # this epoch bit-identically, rather than finding its last epoch done and its final snapshot missing
-        if (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:
-            save_checkpoint(snapshot_path(out, epoch + 1), "cfe", **state)
-        save_checkpoint(last, "cfe", **state)
+        # the ranks' BatchNorm running statistics differ (each saw its own groups); their mean is the one-process
+        # run's, and every rank continues from it, so a resumed run sees what an uninterrupted one does
+        all_reduce_mean_(model.running_statistics())
+        if world.main:
+            row = dict(epoch=epoch + 1, loss=loss, lr=lr, seconds=round(time.time() - t0, 2))
+            log.write(**row)
+            save_epoch(out, last, args, model, optimizer, scheduler, config, row)
 
 
 if __name__ == "__main__":
-    cli_main(main, resumable=True)
+    cli_main(main, resumable=True, distributed=True)

@@ -8,11 +8,12 @@ from fewshot.evaluation import task_tensors
 from maml.maml import evaluate_task
 
 
-def evaluate(model, X: torch.Tensor, tasks: list, steps: int, lr: float, device, desc="eval") -> list:
-    """Per-task query accuracies after `steps` adaptation steps from the model's initialisation."""
+def evaluate(model, X: torch.Tensor, tasks: list, steps: int, lr: float, device, desc="eval", bar=True) -> list:
+    """Per-task query accuracies after `steps` adaptation steps from the model's initialisation; `bar`: show a
+    progress bar (under torchrun, rank 0 alone does)."""
     model.eval()  # no-op for the batch-statistics network, kept for models that care
     return [evaluate_task(model, *task_tensors(X, t, device), steps, lr)[0]
-            for t in tqdm(tasks, desc=desc, leave=False, mininterval=2)]
+            for t in tqdm(tasks, desc=desc, leave=False, mininterval=2, disable=not bar)]
 
 
 def selection_score(row: dict) -> float:

@@ -2,7 +2,7 @@
 
 After a warm-up, a meta-batch is sometimes rebuilt: for each way c of a task, the candidates are the clusters
 nearest c's centre among those that are none of the task's ways (c and the others alike; upstream takes
-`ind_sorted[c][1:k+1]`, excluding only c: see the NOTE in `pem_queries`). Among them the evaluation model
+`ind_sorted[c][1:k+1]`, excluding only c: see the NOTE in `pem_pools`). Among them the evaluation model
 (adapted on the task's support set) picks the cluster it is most unsure about (highest entropy of its
 predicted-label histogram); the way's queries are redrawn from that cluster's members that score highest for the
 way's label. The support set and its labels stay as they were. Every cluster needs members: maml.train refuses
@@ -11,6 +11,12 @@ centres without any.
     pem = PEM(model, index, eta=0.9, warmup=5, keep=0.75, inner_steps=1, inner_lr=0.1)
     tasks, rebuilt = pem(tasks, X, epoch, rng)   # each meta-batch
     pem.refresh(model)                           # each epoch's end
+
+A rebuild has two parts: each way's pool of candidate queries (`pem_pools`: the evaluation model's adaptation and
+predictions, the costly part, free of randomness) and the queries drawn from the pools (`draw_queries`: cheap, from
+the run's generator, task after task). Under torchrun each rank finds the pools of its own share of the meta-batch
+and every rank draws the queries of all its tasks from the gathered pools (maml.scaleout), so the generator moves
+as in one process and the next meta-batch is the same on every rank.
 """
 
 import copy
@@ -24,6 +30,7 @@ from fewshot.backbones import to_float
 from fewshot.episodes import Task
 from fewshot.evaluation import task_tensors
 from maml.maml import adapt
+from maml.scaleout import gather_objects
 
 
 class ClusterIndex:
@@ -61,16 +68,16 @@ def entropy(hist: np.ndarray) -> float:
     return float(-(p * np.log(p)).sum())
 
 
-def pem_queries(task: Task, predict, index: ClusterIndex, n_query: int, rng: np.random.Generator,
-                keep_frac: float = 0.75) -> Task:
-    """Rebuild the queries of `task`.
+def pem_pools(task: Task, predict, index: ClusterIndex, n_query: int, keep_frac: float = 0.75) -> list:
+    """Each way's pool of new queries: the members of its chosen cluster that score highest for the way, at least
+    n_query of them. No randomness: a task's pools are the same wherever they are computed.
 
     predict(rows) -> (len(rows), N) logits of the evaluation model adapted on task's support set.
     Ties in entropy go to the nearer cluster.
     """
     n_way = len(task.classes)
     cache = {}  # neighbouring clusters of different ways overlap; predict each once
-    new_query = []
+    pools = []
     for way, c in enumerate(task.classes):
         best, best_h = None, -1.0
         # NOTE: upstream (`ind_sorted[c][1:k+1]`) excludes only c itself; we also skip the task's other ways, whose
@@ -86,10 +93,22 @@ def pem_queries(task: Task, predict, index: ClusterIndex, n_query: int, rng: np.
         rows, logits = index.members[best], cache[best]
         order = np.argsort(-logits[:, way], kind="stable")  # most like this way first
         keep = max(math.ceil(keep_frac * len(rows)), n_query)
-        pool = rows[order[:keep]]
-        new_query.append(rng.choice(pool, size=n_query, replace=len(pool) < n_query))
+        pools.append(rows[order[:keep]])
+    return pools
+
+
+def draw_queries(task: Task, pools: list, n_query: int, rng: np.random.Generator) -> Task:
+    """The task with n_query queries of each way drawn from its pool (with replacement only from a pool smaller
+    than n_query); the support set and its labels stay as they were."""
+    new_query = [rng.choice(pool, size=n_query, replace=len(pool) < n_query) for pool in pools]
     return Task(support=task.support, support_y=task.support_y, query=np.concatenate(new_query),
-                query_y=np.repeat(np.arange(n_way), n_query), classes=task.classes)
+                query_y=np.repeat(np.arange(len(task.classes)), n_query), classes=task.classes)
+
+
+def pem_queries(task: Task, predict, index: ClusterIndex, n_query: int, rng: np.random.Generator,
+                keep_frac: float = 0.75) -> Task:
+    """Rebuild the queries of `task` (see pem_pools and draw_queries)."""
+    return draw_queries(task, pem_pools(task, predict, index, n_query, keep_frac), n_query, rng)
 
 
 class PEM:
@@ -103,15 +122,24 @@ class PEM:
         self.index, self.eta, self.warmup, self.keep = index, eta, warmup, keep
         self.inner_steps, self.inner_lr = inner_steps, inner_lr
 
-    def __call__(self, tasks: list, X: torch.Tensor, epoch: int, rng: np.random.Generator) -> tuple[list, bool]:
+    def __call__(self, tasks: list, X: torch.Tensor, epoch: int, rng: np.random.Generator,
+                 share: slice = slice(None)) -> tuple[list, bool]:
         """(tasks, rebuilt): the meta-batch, rebuilt with probability 1 - eta from epoch `warmup` (0-based) on.
-        X: the uint8 NHWC image bank the tasks index. Draws from rng only after the warm-up."""
+        X: the uint8 NHWC image bank the tasks index. Draws from rng only after the warm-up. `share`: the tasks
+        whose pools this rank finds (under torchrun); every rank gets the whole rebuilt meta-batch."""
         if epoch < self.warmup or rng.random() >= 1 - self.eta:
             return tasks, False
-        return [self.rebuild(t, X, rng) for t in tasks], True
+        # NOTE: not a generator per task, which would let a rank rebuild its share alone: the draws would differ
+        # from those of a run before scale-out, and how far a draw moves rng depends on the pool's size, thus on
+        # the predictions. The costly part, the pools, is split over the ranks and gathered (one exchange of small
+        # index arrays per rebuilt meta-batch); every rank then draws every task's queries, in order.
+        pools = gather_objects([self.pools(t, X) for t in tasks[share]])  # every task's, in task order
+        assert len(pools) == len(tasks), "the ranks' shares must cover the meta-batch"
+        return [draw_queries(t, p, len(t.query) // len(t.classes), rng) for t, p in zip(tasks, pools)], True
 
-    def rebuild(self, task: Task, X: torch.Tensor, rng: np.random.Generator) -> Task:
-        """The task with queries redrawn by the evaluation model adapted on its support set."""
+    def pools(self, task: Task, X: torch.Tensor) -> list:
+        """pem_pools of the task: its candidate clusters judged by the evaluation model adapted on its support
+        set."""
         device = next(self.eval_model.parameters()).device
         xs, ys, _, _ = task_tensors(X, task, device)
         params = {n: p.detach().requires_grad_() for n, p in self.eval_model.named_parameters()}
@@ -122,8 +150,7 @@ class PEM:
                 x = to_float(X[torch.from_numpy(rows)].to(device))
                 return functional_call(self.eval_model, adapted, (x,)).cpu()
 
-        n_query = len(task.query) // len(task.classes)
-        return pem_queries(task, predict, self.index, n_query, rng, self.keep)
+        return pem_pools(task, predict, self.index, len(task.query) // len(task.classes), self.keep)
 
     def refresh(self, model) -> None:
         self.eval_model.load_state_dict(model.state_dict())

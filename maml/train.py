@@ -12,8 +12,19 @@ of one partition, drawn uniformly, and PEM looks for a way's neighbours within i
 Writes into --out: config.json (the settings and the resolved caches, read back by maml.test), metrics.jsonl,
 checkpoints/last.pt after every epoch, checkpoints/best.pt (highest val accuracy; the last epoch without a val
 cache) and checkpoints/epoch_NNNN.pt every --save-every epochs (for `maml.test --checkpoint best@N`).
+
+torchrun spreads one run over N processes (one GPU each, cuda:LOCAL_RANK, on a GPU machine; else CPU processes):
+
+    torchrun --standalone --nproc_per_node=4 -m maml.train --caches runs/omniglot/caches --out runs/omniglot/maml
+
+Every process draws the same meta-batches of --meta-batch tasks and meta-learns --meta-batch / N of them (N must
+divide --meta-batch); the meta-gradients are averaged, so N processes train the model one process trains (up to
+float rounding), with the same val accuracies and selection. PEM's rebuilds and the val tasks are split over the
+processes too (maml.scaleout). Only rank 0 writes; the processes read the caches and, on --resume, last.pt from a
+shared file system. A run may be resumed with another N.
 """
 
+import math
 import time
 from pathlib import Path
 
@@ -35,15 +46,21 @@ from fewshot.cli import (
     unit_float,
 )
 from fewshot.data import load_array
+from fewshot.distributed import all_reduce_mean_, init
 from fewshot.episodes import EpisodeSampler
 from fewshot.errors import UserError, cli_main
 from fewshot.evaluation import task_tensors
-from fewshot.io import JsonlLog, prepare_run_dir, provenance
+from fewshot.io import RESUMABLE_CHANGES, JsonlLog, provenance
 from fewshot.metrics import mean_ci95
-from fewshot.runtime import epoch_seed, pick_device, seed_everything, set_threads
+from fewshot.runtime import epoch_seed, seed_everything, set_threads
 from maml.common import evaluate, selection_score
 from maml.maml import MAMLNet, meta_loss
 from maml.pem import PEM, ClusterIndex
+from maml.scaleout import check_meta_batch, gather_accuracies, mean_over_ranks, prepare_on_main, share
+
+# NOTE: the process count may change on --resume: every count draws the same meta-batches and steps with the
+# gradient of their mean loss, so a resumed run goes on with the same computation (up to float rounding).
+MAY_CHANGE = (*RESUMABLE_CHANGES, "world_size")
 
 
 def get_parser():
@@ -112,43 +129,49 @@ def resume(last: Path, model, optimizer, pem) -> tuple[int, float]:
     if pem:
         load_state(pem.eval_model, ckpt["eval_model"], last)
     optimizer.load_state_dict(ckpt["optimizer"])
-    print(f"resumed from {last} at epoch {ckpt['epoch']}")
     return ckpt["epoch"], ckpt["best_acc"]
 
 
-def train_epoch(args, epoch, model, optimizer, pem, sampler, X, device, last) -> dict:
+def train_epoch(args, epoch, model, optimizer, pem, sampler, X, device, last, world) -> dict:
     """One epoch of meta-training; returns its metrics row. Its tasks come from (seed, epoch) alone, so a resumed
-    run draws what an uninterrupted one would."""
+    run draws what an uninterrupted one would. Every rank draws the whole meta-batch and meta-learns its equal
+    share: the mean of the ranks' gradients of their share's mean loss is the gradient of the meta-batch's."""
     rng = np.random.default_rng(epoch_seed(args.seed, epoch))
+    mine = share(world, args.meta_batch)
     losses, accs, rebuilt = [], [], 0
     model.train()
     for _ in tqdm(range(args.batches_per_epoch), desc=f"maml epoch {epoch + 1}/{args.epochs}", leave=False,
-                  mininterval=2):
+                  mininterval=2, disable=not world.main):
         tasks = [sampler.sample(rng) for _ in range(args.meta_batch)]
         if pem is not None:
-            tasks, was_rebuilt = pem(tasks, X, epoch, rng)
+            tasks, was_rebuilt = pem(tasks, X, epoch, rng, mine)
             rebuilt += was_rebuilt
-        loss, acc = meta_loss(model, [task_tensors(X, t, device) for t in tasks], args.inner_steps, args.inner_lr,
-                              args.first_order)
-        if not torch.isfinite(loss):
+        loss, acc = meta_loss(model, [task_tensors(X, t, device) for t in tasks[mine]], args.inner_steps,
+                              args.inner_lr, args.first_order)
+        batch_loss, batch_acc = mean_over_ranks([loss.item(), acc], device)  # the meta-batch's: all ranks stop alike
+        if not math.isfinite(batch_loss):
             saved = f"; last good checkpoint: {last}" if last.exists() else "; no checkpoint was saved yet"
             raise UserError(f"non-finite meta-loss at epoch {epoch + 1}{saved}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        all_reduce_mean_([p.grad for p in model.parameters()])  # identical on every rank, as are the weights
         optimizer.step()
-        losses.append(loss.item())
-        accs.append(acc)
+        losses.append(batch_loss)
+        accs.append(batch_acc)
     if pem is not None:
         pem.refresh(model)
     return dict(epoch=epoch + 1, loss=float(np.mean(losses)), train_acc=float(np.mean(accs)),
                 pem_rebuilt_batches=rebuilt)
 
 
-def validate(args, model, X_val, val_tasks, device) -> dict:
-    """{val_acc, val_ci95} over the fixed val tasks, adapted with --val-steps; {} without a val cache."""
+def validate(args, model, X_val, val_tasks, device, world) -> dict:
+    """{val_acc, val_ci95} over the fixed val tasks, adapted with --val-steps; {} without a val cache. Each rank
+    adapts its share of the tasks; every rank gets all their accuracies, so all take the same decisions."""
     if not val_tasks:
         return {}
-    accs = evaluate(model, X_val, val_tasks, args.val_steps, args.inner_lr, device, "val")
+    mine = val_tasks[share(world, len(val_tasks))]
+    accs = gather_accuracies(evaluate(model, X_val, mine, args.val_steps, args.inner_lr, device, "val", world.main),
+                             len(val_tasks), device)
     return dict(zip(("val_acc", "val_ci95"), mean_ci95(accs)))
 
 
@@ -161,9 +184,10 @@ def main(argv=None):
     if args.pem and not (args.caches or args.centres):
         raise UserError("PEM needs the train cache's cluster centres: pass --centres (or --no-pem)")
     caches = resolve_caches(args)
-    config = {**vars(args), **caches}
     set_threads(args.threads)
-    device = pick_device(args.device)
+    check_meta_batch(args.meta_batch)
+    world, device = init(args.device)  # one process (World()) unless torchrun started several: joins them
+    config = {**vars(args), **caches, "world_size": world.size}
     # MAMLNet sizes its classifier from one side length
     X_np, labels, partition = load_train(caches["train_cache"], args.supervised, "MAML's network")
     sampler = EpisodeSampler(labels, args.ways, args.shots, args.queries, groups=partition)
@@ -173,7 +197,8 @@ def main(argv=None):
     out = Path(args.out)
     last = out / "checkpoints" / "last.pt"
     resuming = args.resume and last.exists()
-    prepare_run_dir(out, config, resume=args.resume)
+    # every input error above was raised by every rank alike, before this first exchange between them
+    prepare_on_main(world, out, config, args.resume, MAY_CHANGE)
 
     seed_everything(args.seed)
     h, _, c = X_np.shape[1:]
@@ -181,17 +206,21 @@ def main(argv=None):
     pem = PEM(model, index, args.pem_eta, args.pem_warmup, args.pem_keep, args.inner_steps, args.inner_lr) \
         if args.pem else None
     optimizer = torch.optim.Adam(model.parameters(), lr=args.meta_lr)  # a constant rate, as upstream
-    start, best_acc = resume(last, model, optimizer, pem) if resuming else (0, -1.0)
+    start, best_acc = resume(last, model, optimizer, pem) if resuming else (0, -1.0)  # on every rank
+    if resuming and world.main:
+        print(f"resumed from {last} at epoch {start}")
     X = torch.from_numpy(X_np)
-    log = JsonlLog(out / "metrics.jsonl", start_epoch=start)
+    log = JsonlLog(out / "metrics.jsonl", start_epoch=start) if world.main else None
     for epoch in range(start, args.epochs):
         t0 = time.time()
-        row = train_epoch(args, epoch, model, optimizer, pem, sampler, X, device, last)
-        row.update(validate(args, model, X_val, val_tasks, device))
+        row = train_epoch(args, epoch, model, optimizer, pem, sampler, X, device, last, world)
+        row.update(validate(args, model, X_val, val_tasks, device, world))
         row["seconds"] = round(time.time() - t0, 2)  # training and validation
         # NOTE: on equal val accuracy the later epoch wins; upstream train_un_maml_pem.py keeps the earlier one
         # (`best_value < ...`): the later model has meta-trained longer.
         improved, best_acc = selection_score(row) >= best_acc, max(best_acc, selection_score(row))
+        if not world.main:  # rank 0 alone logs, prints and saves; every rank holds the same row and weights
+            continue
         log.write(**row)
         print(f"maml epoch {epoch + 1}/{args.epochs} loss {row['loss']:.4f} train acc {row['train_acc']:.3f}"
               + (f" val acc {row['val_acc']:.4f}" if val_tasks else "") + f" ({row['seconds']:.0f}s)")
@@ -203,4 +232,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    cli_main(main, resumable=True)
+    cli_main(main, resumable=True, distributed=True)

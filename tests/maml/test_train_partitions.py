@@ -51,14 +51,14 @@ def test_tasks_and_pem_stay_within_one_partition(tmp_path, monkeypatch):
     caches = partitioned_caches(tmp_path)
     of_cluster = np.zeros(16, np.int64)
     of_cluster[8:] = 1
-    real_pem, tasks = maml.pem.pem_queries, []
+    real_pem, tasks = maml.pem.draw_queries, []  # a rebuild ends with the queries drawn from its pools
 
     def recording_pem(task, *args, **kwargs):
         new = real_pem(task, *args, **kwargs)
         tasks.append((task.classes, caches["labels"][new.query]))
         return new
 
-    monkeypatch.setattr(maml.pem, "pem_queries", recording_pem)
+    monkeypatch.setattr(maml.pem, "draw_queries", recording_pem)
     run(caches, tmp_path / "run")
     assert len(tasks) == 16  # every task of every meta-batch rebuilt (eta 0)
     for ways, query_clusters in tasks:
