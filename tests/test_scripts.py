@@ -198,6 +198,49 @@ def test_cifar10_script_and_prepare_args(tmp_path):
     assert "--backbone" not in args_of(calls, "cfe.train")  # the stages' defaults
 
 
+def test_nproc_launches_cfe_and_maml_training_with_torchrun(tmp_path):
+    rc, err, calls = run_script(tmp_path, NPROC="2")
+    assert rc == 0, err
+    launched = [a for m, a in calls if m == "torch.distributed.run"]
+    assert [a[a.index("-m") + 1] for a in launched] == ["cfe.train", "maml.train"]
+    assert all(a[:2] == ["--standalone", "--nproc_per_node=2"] for a in launched)
+    assert stages(calls) == ["torch.distributed.run", "cfe.encode", "torch.distributed.run", *PIPELINE[3:]]
+    rc, err, calls = run_script(tmp_path, NPROC="0")
+    assert rc == 2 and calls == [] and "NPROC must be a positive integer" in err
+
+
+def slurm_job(tmp_path, name, **env):
+    """Run scripts/slurm/NAME with stand-ins for srun and scontrol (two nodes), PYTHON and the dataset script, each
+    recording its command line (and NPROC) in calls.txt."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.txt"
+    bin_dir.mkdir(exist_ok=True)
+    for tool, body in {"srun": f'echo "srun $*" >> {log}', "scontrol": "printf 'node1\\nnode2\\n'",
+                       "python": f'echo "python $*" >> {log}',
+                       "script.sh": f'echo "script NPROC=$NPROC PRESET=$PRESET" >> {log}'}.items():
+        (bin_dir / tool).write_text(f"#!/usr/bin/env bash\n{body}\n")
+        (bin_dir / tool).chmod(0o755)
+    full_env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": str(bin_dir / "python"),
+                "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_JOB_ID": "42", "SLURM_NNODES": "2",
+                "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_GPUS_ON_NODE": "4", "SCRIPT": str(bin_dir / "script.sh"),
+                "DATA_DIR": str(tmp_path / "data"), "RUN_DIR": str(tmp_path / "run"), **env}
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "slurm" / name)], env=full_env, capture_output=True, text=True)
+    return r.returncode, r.stderr, log.read_text().splitlines() if log.exists() else []
+
+
+def test_slurm_examples(tmp_path):
+    rc, err, lines = slurm_job(tmp_path, "one_node.sbatch")
+    assert rc == 0, err
+    assert lines == ["script NPROC=4 PRESET=paper"]
+    (tmp_path / "calls.txt").unlink()
+    rc, err, lines = slurm_job(tmp_path, "multinode_cfe.sbatch", MINI_SOURCE="/data/mini")
+    assert rc == 0, err
+    prepare, srun, script = lines
+    assert prepare.startswith("python -m fewshot.datasets miniimagenet --source /data/mini --out")
+    assert "-m torch.distributed.run --nnodes=2 --nproc_per_node=4" in srun and "--rdzv-endpoint=node1:29500" in srun
+    assert "-m cfe.train" in srun and "--epochs 200" in srun and "--backbone resnet18" in srun
+    assert script == "script NPROC=4 PRESET=paper"
+
+
 # creat_env.sh and scripts/env.sh, copied into a temporary folder and run with stand-ins for python3 (which makes
 # .venv/bin/python) and the venv's python (which records its arguments and fails when they contain $FAIL_ON), so
 # no package is installed.

@@ -13,6 +13,8 @@ RUN_DIR=${RUN_DIR:-runs/$DATASET-$PRESET}
 SEED=${SEED:-0}                       # of CFE, k-means and the meta-learner; the test tasks are always seed 0's
 DEVICE=${DEVICE:-auto}                # auto | cpu | cuda | cuda:1 ...
 THREADS=${THREADS:-0}                 # CPU threads per stage (0: all); THREADS=1 lets two runs share 2 cores
+NPROC=${NPROC:-1}                     # processes (GPUs) for cfe.train and maml.train, launched by torchrun;
+                                      # several nodes: scripts/slurm/multinode_cfe.sbatch
 CLUSTERS=${CLUSTERS:-500}             # k-means clusters (upstream K)
 METALEARNER=${METALEARNER:-maml}      # maml | ep (Embedding Propagation), on the same caches
 PEM=${PEM:-1}                         # with maml, 1: MAML + PEM; 0: plain MAML on the same pseudo-labels
@@ -28,9 +30,12 @@ EP_ARGS=${EP_ARGS:-}
 case "$METALEARNER" in maml|ep) ;; *) echo "error: METALEARNER must be maml or ep, got '$METALEARNER'" >&2; exit 2 ;; esac
 case "$PEM" in 0|1) ;; *) echo "error: PEM must be 0 or 1, got '$PEM'" >&2; exit 2 ;; esac
 case "$SPLIT" in test|val) ;; *) echo "error: SPLIT must be test or val, got '$SPLIT'" >&2; exit 2 ;; esac
+[[ $NPROC =~ ^[1-9][0-9]*$ ]] || { echo "error: NPROC must be a positive integer, got '$NPROC'" >&2; exit 2; }
 
 source scripts/env.sh
 common=(--seed "$SEED" --device "$DEVICE" --threads "$THREADS")
+scale=("$PYTHON")  # the stages that scale out: one process, or NPROC under torchrun on this machine
+[ "$NPROC" = 1 ] || scale=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$NPROC")
 step() { echo; echo "== $* =="; }
 
 step "data -> $DATA_DIR"
@@ -39,7 +44,7 @@ else "$PYTHON" -m fewshot.datasets "$DATASET" ${SOURCE:+--source "$SOURCE"} --ou
 mkdir -p "$RUN_DIR"  # only now: a failed data stage leaves no empty run folder behind
 
 step "CFE ($CFE_EPOCHS epochs) -> $RUN_DIR/cfe"
-"$PYTHON" -m cfe.train --data "$DATA_DIR/${DATASET}_cache_train.npz" --out "$RUN_DIR/cfe" --epochs "$CFE_EPOCHS" \
+"${scale[@]}" -m cfe.train --data "$DATA_DIR/${DATASET}_cache_train.npz" --out "$RUN_DIR/cfe" --epochs "$CFE_EPOCHS" \
   "${common[@]}" --resume $CFE_ARGS
 
 step "encode + k-means ($CLUSTERS clusters) -> $RUN_DIR/caches"
@@ -48,7 +53,7 @@ step "encode + k-means ($CLUSTERS clusters) -> $RUN_DIR/caches"
 
 if [ "$METALEARNER" = maml ]; then
   step "MAML ($([ "$PEM" = 1 ] && echo "+ PEM" || echo "PEM off"), $MAML_EPOCHS epochs) -> $LEARNER_DIR"
-  "$PYTHON" -m maml.train --caches "$RUN_DIR/caches" --out "$LEARNER_DIR" --epochs "$MAML_EPOCHS" \
+  "${scale[@]}" -m maml.train --caches "$RUN_DIR/caches" --out "$LEARNER_DIR" --epochs "$MAML_EPOCHS" \
     $([ "$PEM" = 1 ] || echo --no-pem) "${common[@]}" --resume $MAML_ARGS
   test_args=(--steps "$TEST_STEPS")
 else
