@@ -196,17 +196,20 @@ def fake_git(monkeypatch):
     fio._provenance.cache_clear()
 
 
-def assert_same(a, b, where=""):
-    """Nested checkpoint entries (dicts, lists, tensors, numbers) equal bit for bit."""
-    if isinstance(a, torch.Tensor):
+def assert_same(a, b, where="", tol=None):
+    """Nested checkpoint entries (dicts, lists, tensors, numbers) equal bit for bit; with `tol`, float tensors
+    equal to that relative and absolute tolerance (integers still exactly)."""
+    if isinstance(a, torch.Tensor) and tol is not None and a.is_floating_point():
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol, msg=lambda m: f"{where}: {m}")
+    elif isinstance(a, torch.Tensor):
         assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
     elif isinstance(a, dict):
         assert isinstance(b, dict) and a.keys() == b.keys(), where
         for key in a:
-            assert_same(a[key], b[key], f"{where}/{key}")
+            assert_same(a[key], b[key], f"{where}/{key}", tol)
     elif isinstance(a, (list, tuple)):
         assert len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b)):
-            assert_same(x, y, f"{where}/{i}")
+            assert_same(x, y, f"{where}/{i}", tol)
     else:
         assert a == b, where
