@@ -41,6 +41,9 @@ def device_name(device) -> str:
     return platform.processor() or platform.machine()
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
 def timed(fn, device) -> float:
     """Seconds one call of fn takes, waiting for a GPU's queued kernels to finish."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -51,22 +54,25 @@ def timed(fn, device) -> float:
     return time.perf_counter() - t
 
 
-def matmul_gflops(device, n=4096, repeats=5) -> float:
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_gflops(device, n=4096, repeats=5, dtype=torch.float32) -> float:
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b  # warm-up
     return 2 * n**3 / min(timed(lambda: a @ b, device) for _ in range(repeats)) / 1e9
 
 
-def make_step(device, batch_size, image_size, channels, backbone, queue_size, bn_splits):
+def make_step(device, batch_size, image_size, channels, compile_, backbone, queue_size, bn_splits, precision):
     """A closure running one training step of a fresh CFE model with this setting (seeded, so repeatable)."""
     torch.manual_seed(0)
     model = CFE(in_channels=channels, image_size=image_size, queue_size=queue_size, bn_splits=bn_splits,
                 backbone=backbone)
     model = model.to(device, memory_format=torch.channels_last)
+    if compile_:  # as cfe.train --compile
+        model.encoder_q.compile()
+        model.encoder_k.compile()
     opt = torch.optim.SGD(model.encoder_q.parameters(), 0.03, momentum=0.9, weight_decay=1e-4)
     images = torch.randint(0, 256, (batch_size, image_size, image_size, channels), dtype=torch.uint8, device=device)
     gen = torch.Generator(device=device).manual_seed(0)
-    return lambda: train_step(model, opt, images, gen)
+    return lambda: train_step(model, opt, images, gen, precision)
 
 
 def get_parser():
@@ -80,6 +86,9 @@ def get_parser():
                    help="encoder networks to time (cfe.train's --backbone)")
     p.add_argument("--queue-size", type=positive_int, nargs="+", default=[16384], help="queue lengths to time")
     p.add_argument("--bn-splits", type=positive_int, nargs="+", default=[4], help="BatchNorm and loss splits to time")
+    p.add_argument("--precision", choices=("fp32", "bf16"), nargs="+", default=["fp32"],
+                   help="cfe.train's --precision values to time (bf16: the GPU fast path)")
+    p.add_argument("--compile", action="store_true", help="as cfe.train --compile, for every setting")
     p.add_argument("--steps", type=positive_int, default=20, help="timed steps per setting")
     p.add_argument("--peak-size", type=positive_int, default=4096,
                    help="side of the square fp32 matmul that measures the peak (smaller: quicker, a lower peak)")
@@ -90,13 +99,14 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    settings = list(itertools.product(args.backbone, args.queue_size, args.bn_splits))
-    for _, q, s in settings:
+    settings = list(itertools.product(args.backbone, args.queue_size, args.bn_splits, args.precision))
+    for _, q, s, _ in settings:
         check_step_settings(args.batch_size, q, s)
     check_image_side(args.image_size, "--image-size")  # as cfe.train checks its images, whatever the backbone
     set_threads(args.threads)
     device = pick_device(args.device)
-    steps = [make_step(device, args.batch_size, args.image_size, args.channels, *setting) for setting in settings]
+    steps = [make_step(device, args.batch_size, args.image_size, args.channels, args.compile, *setting)
+             for setting in settings]
     flops = []
     for step in steps:
         for _ in range(3):  # warm-up (allocator, oneDNN primitive caches)
@@ -108,15 +118,17 @@ def main(argv=None):
     for _ in range(args.steps):
         for step, ts in zip(steps, times):
             ts.append(timed(step, device))
-    peak = matmul_gflops(device, args.peak_size)
+    # each setting against the matmul peak of its own precision
+    peaks = {p: matmul_gflops(device, args.peak_size, dtype=DTYPES[p]) for p in dict.fromkeys(args.precision)}
     medians = [statistics.median(ts) for ts in times]
-    rows = [{"backbone": b, "queue_size": q, "bn_splits": s,
+    rows = [{"backbone": b, "queue_size": q, "bn_splits": s, "precision": p,
              "step_seconds_median": round(sec, 4), "step_seconds_min": round(min(ts), 4),
              "images_per_s": round(args.batch_size / sec, 1), "ratio_to_first": round(sec / medians[0], 3),
              "step_gflop": round(f / 1e9, 2), "step_gflops_per_s": round(f / sec / 1e9, 1),
-             "share_of_matmul_peak": round(f / sec / 1e9 / peak, 3)}
-            for (b, q, s), sec, ts, f in zip(settings, medians, times, flops)]
-    print(json.dumps({"settings": rows, "matmul_gflops_per_s": round(peak, 1), "matmul_size": args.peak_size,
+             "share_of_matmul_peak": round(f / sec / 1e9 / peaks[p], 3)}
+            for (b, q, s, p), sec, ts, f in zip(settings, medians, times, flops)]
+    print(json.dumps({"settings": rows, "matmul_gflops_per_s": {p: round(v, 1) for p, v in peaks.items()},
+                      "matmul_size": args.peak_size, "compile": args.compile,
                       "batch_size": args.batch_size,
                       "image_size": args.image_size, "channels": args.channels,
                       "steps": args.steps, "threads": torch.get_num_threads(), "torch": str(torch.__version__),

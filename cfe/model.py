@@ -75,8 +75,9 @@ class CFE(nn.Module):
         return [b for enc in (self.encoder_q, self.encoder_k) for b in enc.buffers() if b.is_floating_point()]
 
     def embed(self, x):
-        """Normalised embedding of f_q (head included, as upstream encodes): NxC."""
-        return F.normalize(self.encoder_q(x), dim=1)
+        """Normalised embedding of f_q (head included, as upstream encodes): NxC, in float32 also under bfloat16
+        autocast (keys like it enter the float32 queue)."""
+        return F.normalize(self.encoder_q(x).float(), dim=1)
 
     def forward(self, x1, x2, gen=None):
         """Two views of the same N images (this rank's share of the global batch) -> scalar loss (this rank's);
@@ -96,7 +97,7 @@ class CFE(nn.Module):
     def keys(self, x2, gen):
         """Normalised keys of this rank's views x2 (NxC) and of the global batch ((world*N)xC, in batch order)."""
         if self.bn_splits == 1:  # one BatchNorm over the batch (and one rank): nothing to shuffle across
-            k = F.normalize(self.encoder_k(x2), dim=1)  # keys: NxC
+            k = F.normalize(self.encoder_k(x2).float(), dim=1)  # keys: NxC
             return k, k
         # as MoCo's shuffle BN across GPUs (moco/builder.py _batch_shuffle_ddp / _batch_unshuffle_ddp): a key is
         # normalised with other images than its query, so matching BN statistics cannot identify the positive.
@@ -105,7 +106,7 @@ class CFE(nn.Module):
         n, r = x2.shape[0], self.world.rank
         order = torch.randperm(x_all.shape[0], generator=gen, device=x2.device)  # the same on every rank
         k_all = torch.empty(x_all.shape[0], self.queue.shape[1], dtype=self.queue.dtype, device=x2.device)
-        k_all[order] = all_gather_cat(F.normalize(self.encoder_k(x_all[order[r * n:(r + 1) * n]]), dim=1))
+        k_all[order] = all_gather_cat(F.normalize(self.encoder_k(x_all[order[r * n:(r + 1) * n]]).float(), dim=1))
         return k_all[r * n:(r + 1) * n], k_all
 
 

@@ -48,7 +48,7 @@ from fewshot.runtime import epoch_seed, seed_everything, set_threads
 
 # the cosine schedule depends on --epochs, so unlike MAML's a CFE run cannot be lengthened on resume; the number of
 # processes may change, as every setting keeps its global meaning (tests/cfe/test_distributed.py)
-MAY_CHANGE = tuple(k for k in RESUMABLE_CHANGES if k != "epochs") + ("world_size",)
+MAY_CHANGE = tuple(k for k in RESUMABLE_CHANGES if k != "epochs") + ("world_size", "precision", "compile")
 
 
 def get_parser():
@@ -84,10 +84,16 @@ def get_parser():
                         "under torchrun the global number, each process holding N / processes of them")
     p.add_argument("--seed", type=seed_int, default=0,
                    help="seed of the weights, batches and augmentation (0 .. 2**31 - 1)")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
     p.add_argument("--save-every", type=positive_int, default=20, help="keep a snapshot every N epochs")
     p.add_argument("--resume", action="store_true", help="continue from --out/checkpoints/last.pt if present")
+    run = p.add_argument_group("device and speed")
+    run.add_argument("--device", default="auto", help=DEVICE_HELP)
+    run.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
+    # NOTE: fp32 by default, as the recorded results were made; bf16 is the GPU fast path (bench/cfe_step.py)
+    run.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                     help="bf16: the encoders' forward passes under bfloat16 autocast (for GPUs with bf16 units)")
+    run.add_argument("--compile", action="store_true",
+                     help="torch.compile the two encoders (a minute or more of compiling first)")
     return p
 
 
@@ -136,7 +142,7 @@ def build(args, image_shape, device, world=ONE_PROCESS) -> tuple:
     return model, optimizer, scheduler
 
 
-def train_step(model, optimizer, images, gen) -> torch.Tensor:
+def train_step(model, optimizer, images, gen, precision="fp32") -> torch.Tensor:
     """One CFE step on a global batch of uint8 NHWC images: two augmented views, the loss on this rank's slice
     (model.world's), f_q's gradients averaged over the ranks, SGD update (skipped when the loss is not finite, which
     the caller turns into an error). Returns the loss averaged over the ranks: the one-process loss of the batch."""
@@ -151,7 +157,8 @@ def train_step(model, optimizer, images, gen) -> torch.Tensor:
     v1, v2 = augment(x, gen), augment(x, gen)
     world, n = model.world, len(x) // model.world.size
     mine = slice(world.rank * n, (world.rank + 1) * n)  # rank r: rows [r*n, (r+1)*n) of the global batch
-    loss = model(v1[mine], v2[mine], gen)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        loss = model(v1[mine], v2[mine], gen).float()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     mean = loss.detach().clone()
@@ -163,7 +170,7 @@ def train_step(model, optimizer, images, gen) -> torch.Tensor:
     return mean
 
 
-def train_epoch(model, optimizer, X, batch_size, gen, epoch, desc, last) -> float:
+def train_epoch(model, optimizer, X, batch_size, gen, epoch, desc, last, precision="fp32") -> float:
     """One pass over X in the generator's order, dropping the last partial batch as upstream (drop_last=True).
     Every rank draws the same permutation and global batches (a distributed sampler seeded per epoch) and trains on
     its slice of each. Returns the mean loss; a non-finite loss is an error that names the last good checkpoint."""
@@ -174,7 +181,7 @@ def train_epoch(model, optimizer, X, batch_size, gen, epoch, desc, last) -> floa
     # redrawn at mininterval, not every step; rank 0's alone
     bar = tqdm(range(steps), desc=desc, leave=False, mininterval=2, disable=not model.world.main)
     for i in bar:
-        loss = train_step(model, optimizer, X[perm[i * batch_size:(i + 1) * batch_size]], gen)
+        loss = train_step(model, optimizer, X[perm[i * batch_size:(i + 1) * batch_size]], gen, precision)
         if not torch.isfinite(loss):
             kept = f"; last good checkpoint: {last}" if last.exists() else ""
             raise UserError(f"non-finite loss {loss.item()} at epoch {epoch + 1} step {i}{kept}")
@@ -237,6 +244,9 @@ def main(argv=None):
         start = ckpt["epoch"]
         if world.main:
             print(f"resumed from {last} at epoch {start}")
+    if args.compile:  # in place: the state dict keeps its keys (torch.compile(module) would prefix them)
+        model.encoder_q.compile()
+        model.encoder_k.compile()
     log = JsonlLog(out / "metrics.jsonl", start_epoch=start) if world.main else None
     X = X.to(device)
 
@@ -245,7 +255,7 @@ def main(argv=None):
         gen = torch.Generator(device=device).manual_seed(epoch_seed(args.seed, epoch))
         t0 = time.time()
         loss = train_epoch(model, optimizer, X, args.batch_size, gen, epoch,
-                           f"cfe epoch {epoch + 1}/{args.epochs}", last)
+                           f"cfe epoch {epoch + 1}/{args.epochs}", last, args.precision)
         scheduler.step()
         # the ranks' BatchNorm running statistics differ (each saw its own groups); their mean is the one-process
         # run's, and every rank continues from it, so a resumed run sees what an uninterrupted one does

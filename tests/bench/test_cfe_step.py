@@ -69,3 +69,14 @@ def test_backbones_on_colour_images_side_by_side():
     check_rows(rows, 8)
     conv4, resnet18 = rows[0], rows[2]
     assert resnet18["step_gflop"] > conv4["step_gflop"]  # a ResNet-18 step counts more FLOPs than a Conv4 one
+
+
+def test_precisions_side_by_side_each_against_its_own_peak():
+    """--precision fp32 bf16: a row each (the GPU fast path's autocast, runnable on CPU), each compared with the
+    matmul peak of its own precision."""
+    out = bench("--steps", "1", "--batch-size", "16", "--queue-size", "32", "--bn-splits", "2",
+                "--precision", "fp32", "bf16")
+    rows = out["settings"]
+    assert [row["precision"] for row in rows] == ["fp32", "bf16"] and out["compile"] is False
+    assert set(out["matmul_gflops_per_s"]) == {"fp32", "bf16"}
+    check_rows(rows, 16)

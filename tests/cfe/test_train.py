@@ -295,3 +295,24 @@ def test_colour_images_train_with_moco_v2_views(tmp_path, monkeypatch):
                 "--batch-size", "32", "--queue-size", "32", "--hidden", "8", "--dim", "16", "--device", "cpu",
                 "--threads", "1"])
     assert len(used) == 2 * 2 and last(tmp_path / "run")["arch"]["in_channels"] == 3  # two views, two steps
+
+
+@pytest.mark.parametrize("speed", [["--precision", "bf16"], ["--compile"]])
+def test_the_fast_path_trains_the_model_the_plain_path_trains(runs, images_only, tmp_path, monkeypatch, speed):
+    """bf16 autocast and torch.compile (the GPU fast path) on CPU: the same run to their rounding. Compiling is
+    traced by dynamo but not code-generated here (backend "eager"): inductor's C++ build takes minutes."""
+    whole = runs[0]
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self: compile_module(self, backend="eager"))
+    one = ["--epochs", "1", "--save-every", "1"]
+    plain, fast = tmp_path / "plain", tmp_path / "fast"
+    train.main([*args(images_only, plain), *one])
+    train.main([*args(images_only, fast), *one, *speed])
+    a, b = last(plain), last(fast)
+    tol = 0.05 if speed[0] == "--precision" else 1e-4  # bf16 keeps 8 bits of mantissa
+    for key, value in a["model"].items():
+        if value.is_floating_point():
+            torch.testing.assert_close(b["model"][key], value, rtol=tol, atol=tol, msg=key)
+    assert b["config"][speed[0].lstrip("-")] in ("bf16", True) and whole.exists()
+    losses = [read_jsonl(run / "metrics.jsonl")[0]["loss"] for run in (plain, fast)]
+    assert losses[1] == pytest.approx(losses[0], rel=tol)
