@@ -1,5 +1,6 @@
-"""Summarise a pipeline folder (cfe/, caches/, maml-*/, ep-*/, pixels/) as a table: accuracy ± 95% CI on val and test,
-pseudo-label quality, wall time per stage, and each run's paired difference from the raw-pixel baseline.
+"""Summarise a pipeline folder (cfe/, caches/, maml-*/, ep-*/, protonet-*/, pixels/, embedding/) as a table:
+accuracy ± 95% CI on val and test, pseudo-label quality, wall time per stage, and each run's paired difference
+from the raw-pixel baseline (embedding/: fewshot.baseline --checkpoint, the CFE embedding's nearest prototype).
 
     python -m fewshot.report runs/omniglot-quick
 
@@ -110,28 +111,34 @@ def compare(a_path, b_path) -> dict:
             "b_accuracy": b["accuracy"], **{k: a.get(k) for k in SAME_TASKS}}
 
 
+LEARNERS = {"ep": "EP", "protonet": "ProtoNets"}  # config.json's "learner" -> the table's name (else MAML's)
+
+
 def _method(cfg: dict, variant: str, semi: tuple) -> str:
     unlabeled, distractors = semi
     semi = (f", {unlabeled} unlabelled per way" if unlabeled else "") + \
         (f" + {distractors} distractor classes" if distractors else "")
     if "method" in cfg:  # fewshot.baseline
         return cfg["method"] + semi
-    learner = "EP" if cfg.get("learner") == "ep" else "MAML + PEM" if cfg.get("pem") else "MAML (PEM off)"
+    learner = LEARNERS.get(cfg.get("learner")) or ("MAML + PEM" if cfg.get("pem") else "MAML (PEM off)")
     if cfg.get("supervised"):
         return f"{learner.split(' ')[0]}, true labels (supervised)" + semi
     return learner + (f", {variant}" if variant else "") + semi
 
 
 def _epochs(cfg: dict):
-    """Training epochs as the table shows them: MAML's, or EP's pre-training + fine-tuning."""
+    """Training epochs as the table shows them: MAML's and ProtoNets', or EP's pre-training + fine-tuning."""
     if cfg.get("learner") == "ep":
         return f"{cfg.get('pretrain_epochs')}+{cfg.get('finetune_epochs')}"
     return cfg.get("epochs")
 
 
+RUN_PREFIXES = ("maml", "ep", "protonet", "pixels", "embedding")  # folders tabled: learners', then baselines'
+
+
 def summarise(root: Path) -> list:
-    """One row per run folder of `root` (maml*/, ep*/, pixels/), split (val, test) and number of unlabelled
-    images with results."""
+    """One row per run folder of `root` (maml*/, ep*/, protonet*/, pixels*/, embedding*/), split (val, test) and
+    number of unlabelled images with results."""
     if not root.is_dir():
         raise UserError(f"{root}: no such folder")
     encode_json = root / "caches" / "encode.json"
@@ -143,7 +150,7 @@ def summarise(root: Path) -> list:
     variant = ", ".join(([f"{parts:g} k-means partitions"] if parts and parts > 1 else [])
                         + ([f"embeddings smoothed over {smooth:g} neighbours"] if smooth else []))
     rows = []
-    for run in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(("maml", "ep", "pixels"))):
+    for run in sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(RUN_PREFIXES)):
         if not (run / "config.json").is_file():
             continue
         cfg = _object(run / "config.json", load_json(run / "config.json"))
@@ -165,7 +172,8 @@ def summarise(root: Path) -> list:
             row["seconds"]["test"] = round(test_seconds)
             rows.append(row)
     if not rows:
-        raise UserError(f"{root}: no run folders with results (maml*/results, ep*/results, pixels/results)")
+        raise UserError(f"{root}: no run folders with results (maml*/results, ep*/results, protonet*/results, "
+                        "pixels/results, embedding*/results)")
     return rows
 
 
@@ -213,8 +221,8 @@ def to_markdown(rows) -> str:
 
 def get_parser():
     p = make_parser("python -m fewshot.report", __doc__)
-    p.add_argument("root", nargs="?", help="pipeline folder holding cfe/, caches/, maml-*/, ep-*/ and optionally "
-                                           "pixels/")
+    p.add_argument("root", nargs="?", help="pipeline folder holding cfe/, caches/, maml-*/, ep-*/, protonet-*/ and "
+                                           "optionally the baselines' pixels/ and embedding/")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                    help="print the paired difference A - B of two result files on the same tasks instead")
     return p

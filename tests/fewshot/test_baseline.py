@@ -44,3 +44,61 @@ def test_a_split_with_too_few_classes_is_one_line(prepared, tmp_path, run_main):
     r = run_main("fewshot.baseline", ["--cache", prepared.path["test"], "--out", tmp_path / "p", "--ways", 11])
     assert r.code == 2 and len(r.err.strip().splitlines()) == 1 and "11-way" in r.err
     assert not (tmp_path / "p").exists()
+
+
+def test_the_pixel_baseline_records_no_embedding_options(prepared, tmp_path, run_main):
+    r = run_main("fewshot.baseline", ["--cache", prepared.path["test"], "--out", tmp_path / "p", "--tasks", 3,
+                                      "--shots", 1])
+    assert r.code == 0, r.err
+    cfg, res = load_json(tmp_path / "p" / "config.json"), load_json(tmp_path / "p" / "results" / "test_5w1s.json")
+    assert not {"checkpoint", "batch_size", "device", "threads"} & set(cfg) and "checkpoint" not in res
+    assert cfg["method"] == res["method"] == "raw pixels, nearest prototype (no training)"
+
+
+def test_the_embedding_baseline_classifies_in_the_frozen_cfe_embedding_on_the_same_tasks(
+        prepared, cfe_checkpoint, tmp_path, run_main):
+    import torch
+
+    from cfe.model import load_cfe
+    from fewshot.backbones import to_float
+    from fewshot.io import file_sha256
+
+    common = ["--cache", prepared.path["test"], "--tasks", 20, "--seed", 2, "--shots", 1]
+    assert run_main("fewshot.baseline", [*common, "--out", tmp_path / "pixels"]).code == 0
+    r = run_main("fewshot.baseline", [*common, "--out", tmp_path / "embedding", "--checkpoint", cfe_checkpoint,
+                                      "--batch-size", 64, "--device", "cpu", "--threads", 1])
+    assert r.code == 0, r.err
+    assert "CFE embedding, nearest prototype (no meta-learning): 5-way 1-shot" in r.out
+    pixels, emb = (load_json(tmp_path / d / "results" / "test_5w1s.json") for d in ("pixels", "embedding"))
+    assert emb["method"] == "CFE embedding, nearest prototype (no meta-learning)"
+    assert emb["checkpoint"] == str(cfe_checkpoint.resolve())
+    assert emb["checkpoint_sha256"] == file_sha256(cfe_checkpoint)
+    assert emb["checkpoint_epoch"] == 1 and emb["embedding_dim"] == 16 and emb["steps"] == 0
+    assert emb["tasks_sha256"] == pixels["tasks_sha256"]  # the pixel baseline's (and maml.test's) tasks
+    assert load_json(tmp_path / "embedding" / "config.json")["checkpoint"] == emb["checkpoint"]
+    model = load_cfe(cfe_checkpoint)
+    with torch.no_grad():
+        Z = model.embed(to_float(torch.from_numpy(prepared.X["test"]))).numpy()
+    assert np.allclose(np.linalg.norm(Z, axis=1), 1, atol=1e-5)
+    tasks = sample_tasks(prepared.Y["test"], 5, 1, 5, 20, seed=2)
+    assert emb["per_task_accuracy"] == pytest.approx([nearest_prototype_accuracy(Z, t) for t in tasks])
+
+
+def test_an_embedding_of_other_images_is_one_line(cfe_checkpoint, tmp_path, run_main):
+    from tests.conftest import make_prepared
+
+    cache = make_prepared(tmp_path / "data", classes={"test": 6}, size=32)["test"][0]
+    r = run_main("fewshot.baseline", ["--cache", cache, "--out", tmp_path / "e", "--checkpoint", cfe_checkpoint,
+                                      "--device", "cpu"])
+    assert r.code == 2 and "the checkpoint expects (28, 28, 1)" in r.err and len(r.err.strip().splitlines()) == 1
+    assert not (tmp_path / "e").exists()
+
+
+def test_fewshot_baseline_does_not_import_cfe_to_start():
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = "import sys, fewshot.baseline; assert 'cfe' not in sys.modules and 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0

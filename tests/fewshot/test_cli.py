@@ -8,8 +8,9 @@ import pytest
 
 from fewshot.cli import SEED_MAX, HelpFormatter, fraction, nonneg_float, positive_float, seed_int, unit_float
 
-COMMANDS = ["fewshot.datasets", "cfe.train", "cfe.encode", "maml.train", "maml.test", "fewshot.report",
-            "fewshot.torchmeta_split", "bench.cfe_step"]
+COMMANDS = ["fewshot.datasets", "cfe.train", "cfe.encode", "cfe.quality", "maml.train", "maml.test", "ep.train",
+            "ep.test", "protonet.train", "protonet.test", "fewshot.baseline", "fewshot.report",
+            "fewshot.torchmeta_split", "bench.cfe_step", "bench.scaleout"]
 
 
 def parser_of(module) -> argparse.ArgumentParser:

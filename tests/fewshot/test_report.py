@@ -188,3 +188,40 @@ def test_ep_runs_and_semi_supervised_results_get_rows_of_their_own(tmp_path):
                                           "EP, 5 unlabelled per way + 3 distractor classes"]
     assert all(r["epochs"] == "10+5" for r in rows)
     assert "| ep | EP | test | 10+5 | 90.00 ± 0.40 % (1000 tasks) |" in to_markdown(rows)
+
+
+def test_protonet_runs_and_the_embedding_baseline_get_rows_of_their_own(tmp_path):
+    make_pipeline(tmp_path)
+    common = {"ways": 5, "shots": 1, "ci95": 0.1, "tasks": 4, "seed": 0, "tasks_sha256": "ab12"}
+    save_json(tmp_path / "pixels" / "config.json", {"method": "raw pixels, nearest prototype (no training)"})
+    save_json(tmp_path / "pixels" / "results" / "test_5w1s.json", {**common, "steps": 0, "accuracy": 0.5,
+              "per_task_accuracy": [0.4, 0.6, 0.4, 0.6]})
+    save_json(tmp_path / "embedding" / "config.json",
+              {"method": "CFE embedding, nearest prototype (no meta-learning)", "checkpoint": "/r/cfe/last.pt"})
+    save_json(tmp_path / "embedding" / "results" / "test_5w1s.json", {**common, "steps": 0, "accuracy": 0.6,
+              "checkpoint": "/r/cfe/last.pt", "per_task_accuracy": [0.6, 0.6, 0.6, 0.6]})
+    for name, supervised, acc in (("protonet", False, 0.7), ("protonet-true", True, 0.9)):
+        save_json(tmp_path / name / "config.json", {"learner": "protonet", "epochs": 30, "supervised": supervised})
+        JsonlLog(tmp_path / name / "metrics.jsonl").write(epoch=1, seconds=300)
+        for file, semi in (("test_5w1s.json", {}), ("test_5w1s_5u.json", {"unlabeled": 5})):
+            save_json(tmp_path / name / "results" / file, {**common, **semi, "accuracy": acc, "seconds": 60,
+                      "per_task_accuracy": [acc] * 4, "learner": "protonet"})
+    rows = summarise(tmp_path)
+    by_run = {(r["run"].rsplit("/", 1)[1], r["semi"]): r for r in rows}
+    assert by_run["protonet", (0, 0)]["method"] == "ProtoNets"
+    assert by_run["protonet", (5, 0)]["method"] == "ProtoNets, 5 unlabelled per way"
+    assert by_run["protonet-true", (0, 0)]["method"] == "ProtoNets, true labels (supervised)"
+    pn = by_run["protonet", (0, 0)]
+    assert pn["epochs"] == 30 and pn["ari"] == 0.5 and pn["seconds"] == {"cfe": 120, "encode": 30, "train": 300,
+                                                                         "test": 60}
+    emb = by_run["embedding", (0, 0)]
+    assert emb["method"] == "CFE embedding, nearest prototype (no meta-learning)"
+    assert emb["epochs"] is None and emb["ari"] is None and emb["seconds"]["train"] is None
+    table = to_markdown(rows)
+    assert "| protonet | ProtoNets | test | 30 | 70.00 ± 10.00 % (4 tasks) | - | 0.500 | 0.900 |" in table
+    assert "| protonet-true | ProtoNets, true labels (supervised) | test | 30 | 90.00 ± 10.00 % (4 tasks) |" in table
+    assert "| embedding | CFE embedding, nearest prototype (no meta-learning) | test | - | 60.00 ± 10.00 % " \
+           "(4 tasks) | - | - | - |" in table
+    # each paired with the pixel baseline on the same tasks
+    assert "- protonet - pixels, test 5-way 1-shot: +20.00 ± 11.32 points" in table
+    assert "- embedding - pixels, test 5-way 1-shot: +10.00 ± 11.32 points" in table
