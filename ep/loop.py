@@ -1,22 +1,16 @@
 """One epoch of each EP stage, and the val score: what ep.train's main loop calls."""
 
+from functools import partial
+
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from ep.model import episode_loss, predict, pretrain_loss
 from fewshot.backbones import to_float
-from fewshot.errors import UserError
-from fewshot.evaluation import task_tensors
+from fewshot.episodic import optimiser_step
+from fewshot.evaluation import query_accuracies, task_tensors
 from fewshot.runtime import epoch_seed
-
-
-def _step(optimizer, loss, epoch):
-    if not torch.isfinite(loss):
-        raise UserError(f"non-finite loss at epoch {epoch + 1}; the last good checkpoint is checkpoints/last.pt")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
 
 
 def pretrain_epoch(args, epoch, model, optimizer, X, labels, device) -> dict:
@@ -28,7 +22,7 @@ def pretrain_epoch(args, epoch, model, optimizer, X, labels, device) -> dict:
     for i in tqdm(range(len(X) // args.batch_size), desc=f"ep pretrain {epoch + 1}", leave=False, mininterval=2):
         rows = order[i * args.batch_size:(i + 1) * args.batch_size]
         loss, acc = pretrain_loss(model, to_float(X[rows].to(device)), labels[rows].to(device), args.rotation_weight)
-        _step(optimizer, loss, epoch)
+        optimiser_step(optimizer, loss, epoch)
         losses.append(loss.item())
         accs.append(acc)
     return dict(epoch=epoch + 1, loss=float(np.mean(losses)), train_acc=float(np.mean(accs)))
@@ -43,7 +37,7 @@ def finetune_epoch(args, epoch, model, optimizer, sampler, X, labels, device) ->
         task = sampler.sample(rng)
         classes = [labels[torch.from_numpy(rows)].to(device) for rows in (task.support, task.query)]
         loss, acc = episode_loss(model, *task_tensors(X, task, device), *classes, args.ways, args.classifier_weight)
-        _step(optimizer, loss, epoch)
+        optimiser_step(optimizer, loss, epoch)
         losses.append(loss.item())
         accs.append(acc)
     return dict(epoch=epoch + 1, loss=float(np.mean(losses)), train_acc=float(np.mean(accs)))
@@ -52,19 +46,7 @@ def finetune_epoch(args, epoch, model, optimizer, sampler, X, labels, device) ->
 def evaluate_tasks(model, X, tasks, device) -> list:
     """Query accuracy of label propagation on each task (its unlabelled images, if any, join the graph); tasks of
     one shape are evaluated together."""
-    shapes = {(len(t.support), len(t.query), len(t.unlabeled), len(t.classes)) for t in tasks}
-    if len(shapes) > 1:
-        return [acc for t in tasks for acc in evaluate_tasks(model, X, [t], device)]
-
-    def images(part):  # T x n x C x H x W
-        return torch.stack([to_float(X[torch.from_numpy(np.asarray(getattr(t, part)))].to(device)) for t in tasks])
-
-    def labels(part):
-        return torch.stack([torch.from_numpy(np.asarray(getattr(t, part))).long().to(device) for t in tasks])
-
-    pred = predict(model, images("support"), labels("support_y"), images("query"), images("unlabeled"),
-                   len(tasks[0].classes))
-    return (pred == labels("query_y")).float().mean(1).tolist()
+    return query_accuracies(partial(predict, model), X, tasks, device, unlabeled=True)
 
 
 def evaluate(model, X, tasks, device, desc="eval", batch=1) -> list:

@@ -22,34 +22,20 @@ import torch
 
 from ep.loop import evaluate, finetune_epoch, pretrain_epoch
 from ep.model import EPNet
-from fewshot.backbones import BACKBONES
-from fewshot.caches import add_cache_options, load_train, load_val_tasks, resolve_caches
-from fewshot.checkpoint import load_checkpoint, load_state, save_epoch
-from fewshot.cli import (
-    DEVICE_HELP,
-    THREADS_HELP,
-    make_parser,
-    nonneg_float,
-    nonneg_int,
-    positive_float,
-    positive_int,
-    seed_int,
-)
+from fewshot.caches import load_train, load_val_tasks, resolve_caches
+from fewshot.checkpoint import load_checkpoint, load_state
+from fewshot.cli import make_parser, nonneg_float, nonneg_int, positive_float, positive_int
 from fewshot.episodes import EpisodeSampler
+from fewshot.episodic import add_run_options, add_trainer_options, end_epoch
 from fewshot.errors import UserError, cli_main
-from fewshot.io import RESUMABLE_CHANGES, JsonlLog, prepare_run_dir, provenance
+from fewshot.io import RESUMABLE_CHANGES, JsonlLog, prepare_run_dir
 from fewshot.metrics import mean_ci95
 from fewshot.runtime import pick_device, seed_everything, set_threads
 
 
 def get_parser():
     p = make_parser("python -m ep.train", __doc__)
-    add_cache_options(p, centres=False)
-    p.add_argument("--out", required=True, help="run folder")
-    net = p.add_argument_group("network")
-    net.add_argument("--backbone", choices=BACKBONES, default="conv4",
-                     help="conv4 (28 px), resnet12 (84 px, the few-shot standard) or a torchvision ResNet")
-    net.add_argument("--hidden", type=positive_int, default=64, help="conv4's channels")
+    add_trainer_options(p, "conv4 (28 px), resnet12 (84 px, the few-shot standard) or a torchvision ResNet")
     pre = p.add_argument_group("stage 1: pre-training")
     pre.add_argument("--pretrain-epochs", type=nonneg_int, default=200, help="passes over the train images")
     pre.add_argument("--batch-size", type=positive_int, default=128, help="images per step (x4 rotations)")
@@ -69,12 +55,7 @@ def get_parser():
     run.add_argument("--weight-decay", type=nonneg_float, default=5e-4, help="SGD weight decay")
     run.add_argument("--patience", type=nonneg_int, default=10,
                      help="epochs without a better val accuracy before the learning rate falls tenfold")
-    run.add_argument("--val-tasks", type=positive_int, default=600, help="val tasks per epoch (fixed set)")
-    run.add_argument("--seed", type=seed_int, default=0, help="seed of the weights, batches and tasks")
-    run.add_argument("--save-every", type=nonneg_int, default=20, help="keep a snapshot every N epochs (0: none)")
-    run.add_argument("--resume", action="store_true", help="continue from --out/checkpoints/last.pt if present")
-    run.add_argument("--device", default="auto", help=DEVICE_HELP)
-    run.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
+    add_run_options(run, "seed of the weights, batches and tasks")
     return p
 
 
@@ -147,16 +128,9 @@ def main(argv=None):
             row["val_acc"], row["val_ci95"] = mean_ci95(evaluate(model, X_val, val_tasks, device, "val"))
             scheduler.step(row["val_acc"])
         row.update(stage=stage, lr=optimizer.param_groups[0]["lr"], seconds=round(time.time() - t0, 2))
-        score = row.get("val_acc", float(epoch))  # without val: the latest epoch
-        improved, best_acc = score >= best_acc, max(best_acc, score)
-        log.write(**row)
-        print(f"ep {stage} epoch {epoch + 1}/{total} loss {row['loss']:.4f} train acc {row['train_acc']:.3f}"
-              + (f" val acc {row['val_acc']:.4f}" if val_tasks else "") + f" ({row['seconds']:.0f}s)")
         state = dict(arch=model.arch, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                     scheduler=scheduler.state_dict(), epoch=epoch + 1, stage=stage, best_acc=best_acc, config=config,
-                     provenance=provenance(),
-                     selection="best val accuracy" if val_tasks else "last epoch (no val split)")
-        save_epoch(out, "ep", epoch + 1, args.save_every, improved, state)
+                     scheduler=scheduler.state_dict(), epoch=epoch + 1, stage=stage, config=config)
+        best_acc = end_epoch(args, "ep", f"ep {stage}", epoch, total, row, best_acc, log, state)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""The caches a meta-learner (maml.train, ep.train) trains on: named by cfe.encode's encode.json (--caches DIR,
-docs/design.md "cache contract") or given one by one (--train-cache ...), and the train cache's labels."""
+"""The caches a meta-learner (maml.train, ep.train, protonet.train) trains on: named by cfe.encode's encode.json
+(--caches DIR, docs/design.md "cache contract") or given one by one (--train-cache ...), and the train cache's
+labels."""
 
 from pathlib import Path
 

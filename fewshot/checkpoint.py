@@ -1,7 +1,7 @@
 """Checkpoints: one dict holding everything a run needs to resume (after dino's `utils.restart_from_checkpoint`).
 
-    {"kind": "cfe" | "maml" | "ep", "arch": {...}, "model": state_dict, "optimizer": state_dict, "epoch": int,
-     "config": {...JSON-able...}, ...stage extras}
+    {"kind": "cfe" | "maml" | "ep" | "protonet", "arch": {...}, "model": state_dict, "optimizer": state_dict,
+     "epoch": int, "config": {...JSON-able...}, ...stage extras}
 
 Only plain containers and tensors go in (never an argparse Namespace), so `torch.load(weights_only=True)` reads
 them. Loading checks the kind and loads state dicts strictly: a checkpoint of another model is a clear error.

@@ -1,6 +1,6 @@
-"""The meta-test protocol that maml.test and ep.test share: which cache and tasks a run is tested on (sampled
-with a seed, read from an episodes file, with or without unlabelled images), and a per-task evaluation that a
-killed test resumes."""
+"""The meta-test protocol that maml.test, ep.test and protonet.test share: the run and config a test opens, which
+cache and tasks it is tested on (sampled with a seed, read from an episodes file, with or without unlabelled
+images), and a per-task evaluation that a killed test resumes."""
 
 import time
 from dataclasses import dataclass
@@ -17,9 +17,10 @@ from fewshot.data import load_split
 from fewshot.datasets import image_file_loader
 from fewshot.episodes import Task, add_unlabeled, load_episodes, sample_tasks, save_episodes, tasks_sha256
 from fewshot.errors import UserError
-from fewshot.io import file_sha256, load_json, save_json
+from fewshot.io import file_sha256, load_json, provenance, save_json
 from fewshot.metrics import CI95_METHOD, mean_ci95
 from fewshot.report import result_name
+from fewshot.runtime import pick_device, set_threads
 
 SPLITS = ("test", "val")
 PARTIAL_EVERY, PARTIAL_SECONDS = 50, 30  # the partial file is rewritten after this many tasks or seconds
@@ -106,15 +107,37 @@ def pick_tasks(args, split, cache: str, dataset, image_shape, queries: int) -> t
     return tasks, X, ways, shots, queries, str(args.episodes)
 
 
+def _images(X: torch.Tensor, rows, device):  # uint8 NHWC rows of the bank -> float NCHW on device
+    return to_float(X[torch.from_numpy(np.asarray(rows))].to(device))
+
+
+def _labels(y, device):
+    return torch.from_numpy(np.asarray(y)).long().to(device)
+
+
 def task_tensors(X: torch.Tensor, task: Task, device):
     """uint8 NHWC image bank + task -> (xs, ys, xq, yq) float tensors on device."""
-    def rows(idx):
-        return to_float(X[torch.from_numpy(np.asarray(idx))].to(device))
+    return (_images(X, task.support, device), _labels(task.support_y, device), _images(X, task.query, device),
+            _labels(task.query_y, device))
 
-    def labels(y):
-        return torch.from_numpy(np.asarray(y)).long().to(device)
 
-    return rows(task.support), labels(task.support_y), rows(task.query), labels(task.query_y)
+def stacked_task_tensors(X: torch.Tensor, tasks: list, device, unlabeled: bool = False) -> tuple:
+    """task_tensors of tasks of one shape, stacked along a first (task) dimension T: (xs, ys, xq, yq), and with
+    `unlabeled` the tasks' unlabelled images xu (T x U x C x H x W, U may be 0) after them."""
+    stacked = [torch.stack(part) for part in zip(*(task_tensors(X, t, device) for t in tasks))]
+    if unlabeled:
+        stacked.append(torch.stack([_images(X, t.unlabeled, device) for t in tasks]))
+    return tuple(stacked)
+
+
+def query_accuracies(predict, X: torch.Tensor, tasks: list, device, unlabeled: bool = False) -> list:
+    """The query accuracy on each task of `predict(xs, ys, xq[, xu], ways)`, the T x Q predicted labels of T
+    stacked tasks (stacked_task_tensors): tasks of one shape are predicted together, others one by one."""
+    shapes = {(len(t.support), len(t.query), len(t.unlabeled) if unlabeled else 0, len(t.classes)) for t in tasks}
+    if len(shapes) > 1:
+        return [acc for t in tasks for acc in query_accuracies(predict, X, [t], device, unlabeled)]
+    xs, ys, xq, yq, *xu = stacked_task_tensors(X, tasks, device, unlabeled)
+    return (predict(xs, ys, xq, *xu, len(tasks[0].classes)) == yq).float().mean(1).tolist()
 
 
 def evaluate_resumably(evaluate_tasks, tasks, partial: Path, key: dict, batch: int = 1) -> tuple[list, int]:
@@ -141,6 +164,22 @@ def evaluate_resumably(evaluate_tasks, tasks, partial: Path, key: dict, batch: i
         if len(accs) > saved:
             save_json(partial, {"settings": key, "per_task_accuracy": accs})
     return accs, resumed
+
+
+def open_test_run(args, learner: str | None = None, other_tests: str = "") -> tuple:
+    """(provenance, device, run folder, its config.json) of a test's --run, once --threads is set. With `learner`,
+    a run whose config.json names another learner (MAML's names none) is refused; `other_tests` says where to
+    test it."""
+    prov = provenance()  # the code as it starts: a commit made during a long test must not relabel its results
+    set_threads(args.threads)
+    device = pick_device(args.device)
+    run = Path(args.run)
+    cfg = load_json(run / "config.json")
+    if learner and (not isinstance(cfg, dict) or cfg.get("learner") != learner):
+        article = "an" if learner[0] in "aeiou" else "a"  # as the name is spoken: "an ep.train run"
+        raise UserError(f"{run}: not {article} {learner}.train run (its config.json has no \"learner\": "
+                        f"\"{learner}\"); {other_tests}")
+    return prov, device, run, cfg
 
 
 @dataclass

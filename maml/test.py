@@ -19,15 +19,11 @@ A killed test resumes: the accuracies of the tasks done so far are kept in {outp
 command continues after the last of them (the tasks are drawn deterministically, so the result is the same).
 """
 
-from pathlib import Path
-
 import torch
 
 from fewshot.cli import DEVICE_HELP, THREADS_HELP, make_parser, nonneg_int, positive_float, positive_int
 from fewshot.errors import cli_main
-from fewshot.evaluation import add_task_options, run_test, save_result, task_tensors, test_tasks
-from fewshot.io import load_json, provenance
-from fewshot.runtime import pick_device, set_threads
+from fewshot.evaluation import add_task_options, open_test_run, run_test, save_result, task_tensors, test_tasks
 from maml.maml import evaluate_task
 from maml.selection import build_model, checked_arch, pick_checkpoint
 
@@ -52,11 +48,7 @@ def get_parser():
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
-    prov = provenance()  # the code as it starts: a commit made during a long test must not relabel its results
-    set_threads(args.threads)
-    device = pick_device(args.device)
-    run = Path(args.run)
-    cfg = load_json(run / "config.json")
+    prov, device, run, cfg = open_test_run(args)  # a MAML run's config.json names no learner
     ckpt, ckpt_path, tag, selection = pick_checkpoint(run, cfg, args.checkpoint)
     arch = checked_arch(ckpt, ckpt_path)
     want = (arch["image_size"], arch["image_size"], arch["in_channels"])

@@ -1,12 +1,12 @@
 """One training epoch and the val score: what protonet.train's main loop calls, and protonet.test's evaluation."""
 
+from functools import partial
+
 import numpy as np
-import torch
 from tqdm import tqdm
 
-from fewshot.backbones import to_float
-from fewshot.errors import UserError
-from fewshot.evaluation import task_tensors
+from fewshot.episodic import optimiser_step
+from fewshot.evaluation import query_accuracies, task_tensors
 from fewshot.runtime import epoch_seed
 from protonet.model import episode_loss, predict
 
@@ -19,11 +19,7 @@ def train_epoch(args, epoch, model, optimizer, sampler, X, device) -> dict:
     losses, accs = [], []
     for _ in tqdm(range(args.tasks_per_epoch), desc=f"protonet epoch {epoch + 1}", leave=False, mininterval=2):
         loss, acc = episode_loss(model, *task_tensors(X, sampler.sample(rng), device), args.ways)
-        if not torch.isfinite(loss):
-            raise UserError(f"non-finite loss at epoch {epoch + 1}; the last good checkpoint is checkpoints/last.pt")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimiser_step(optimizer, loss, epoch)
         losses.append(loss.item())
         accs.append(acc)
     return dict(epoch=epoch + 1, loss=float(np.mean(losses)), train_acc=float(np.mean(accs)))
@@ -33,18 +29,7 @@ def evaluate_tasks(model, X, tasks, device) -> list:
     """Query accuracy of the nearest prototype on each task; tasks of one shape are evaluated together. A task's
     unlabelled images, if any, are not used (as maml.test ignores them): the support and query sets are those of
     the plain tasks, so the accuracies are those of the plain tasks too."""
-    shapes = {(len(t.support), len(t.query), len(t.classes)) for t in tasks}
-    if len(shapes) > 1:
-        return [acc for t in tasks for acc in evaluate_tasks(model, X, [t], device)]
-
-    def images(part):  # T x n x C x H x W
-        return torch.stack([to_float(X[torch.from_numpy(np.asarray(getattr(t, part)))].to(device)) for t in tasks])
-
-    def labels(part):
-        return torch.stack([torch.from_numpy(np.asarray(getattr(t, part))).long().to(device) for t in tasks])
-
-    pred = predict(model, images("support"), labels("support_y"), images("query"), len(tasks[0].classes))
-    return (pred == labels("query_y")).float().mean(1).tolist()
+    return query_accuracies(partial(predict, model), X, tasks, device)
 
 
 def evaluate(model, X, tasks, device, desc="eval", batch=1) -> list:

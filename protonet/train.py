@@ -19,22 +19,13 @@ from pathlib import Path
 
 import torch
 
-from fewshot.backbones import BACKBONES
-from fewshot.caches import add_cache_options, load_train, load_val_tasks, resolve_caches
-from fewshot.checkpoint import load_checkpoint, load_state, save_epoch
-from fewshot.cli import (
-    DEVICE_HELP,
-    THREADS_HELP,
-    make_parser,
-    nonneg_float,
-    nonneg_int,
-    positive_float,
-    positive_int,
-    seed_int,
-)
+from fewshot.caches import load_train, load_val_tasks, resolve_caches
+from fewshot.checkpoint import load_checkpoint, load_state
+from fewshot.cli import make_parser, nonneg_float, nonneg_int, positive_float, positive_int
 from fewshot.episodes import EpisodeSampler
+from fewshot.episodic import add_run_options, add_trainer_options, end_epoch
 from fewshot.errors import cli_main
-from fewshot.io import JsonlLog, prepare_run_dir, provenance
+from fewshot.io import JsonlLog, prepare_run_dir
 from fewshot.metrics import mean_ci95
 from fewshot.runtime import pick_device, seed_everything, set_threads
 from protonet.loop import evaluate, train_epoch
@@ -43,12 +34,7 @@ from protonet.model import ProtoNet
 
 def get_parser():
     p = make_parser("python -m protonet.train", __doc__)
-    add_cache_options(p, centres=False)
-    p.add_argument("--out", required=True, help="run folder")
-    net = p.add_argument_group("network")
-    net.add_argument("--backbone", choices=BACKBONES, default="conv4",
-                     help="conv4 (28 px, Snell et al.'s), resnet12 (84 px) or a torchvision ResNet")
-    net.add_argument("--hidden", type=positive_int, default=64, help="conv4's channels")
+    add_trainer_options(p, "conv4 (28 px, Snell et al.'s), resnet12 (84 px) or a torchvision ResNet")
     tasks = p.add_argument_group("episodes (and the val tasks)")
     tasks.add_argument("--epochs", type=positive_int, default=100, help="epochs (may grow on --resume)")
     tasks.add_argument("--tasks-per-epoch", type=positive_int, default=500, help="tasks (Adam steps) per epoch")
@@ -61,12 +47,7 @@ def get_parser():
     run.add_argument("--halve-every", type=nonneg_int, default=4,
                      help="epochs between halvings of the learning rate (0: never)")
     run.add_argument("--weight-decay", type=nonneg_float, default=0.0, help="Adam weight decay")
-    run.add_argument("--val-tasks", type=positive_int, default=600, help="val tasks per epoch (fixed set)")
-    run.add_argument("--seed", type=seed_int, default=0, help="seed of the weights and tasks")
-    run.add_argument("--save-every", type=nonneg_int, default=20, help="keep a snapshot every N epochs (0: none)")
-    run.add_argument("--resume", action="store_true", help="continue from --out/checkpoints/last.pt if present")
-    run.add_argument("--device", default="auto", help=DEVICE_HELP)
-    run.add_argument("--threads", type=nonneg_int, default=0, help=THREADS_HELP)
+    add_run_options(run, "seed of the weights and tasks")
     return p
 
 
@@ -118,16 +99,9 @@ def main(argv=None):
         if val_tasks:
             row["val_acc"], row["val_ci95"] = mean_ci95(evaluate(model, X_val, val_tasks, device, "val"))
         row["seconds"] = round(time.time() - t0, 2)
-        score = row.get("val_acc", float(epoch))  # without val: the latest epoch
-        improved, best_acc = score >= best_acc, max(best_acc, score)
-        log.write(**row)
-        print(f"protonet epoch {epoch + 1}/{args.epochs} loss {row['loss']:.4f} train acc {row['train_acc']:.3f}"
-              + (f" val acc {row['val_acc']:.4f}" if val_tasks else "") + f" ({row['seconds']:.0f}s)")
         state = dict(arch=model.arch, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                     scheduler=scheduler.state_dict(), epoch=epoch + 1, best_acc=best_acc, config=config,
-                     provenance=provenance(),
-                     selection="best val accuracy" if val_tasks else "last epoch (no val split)")
-        save_epoch(out, "protonet", epoch + 1, args.save_every, improved, state)
+                     scheduler=scheduler.state_dict(), epoch=epoch + 1, config=config)
+        best_acc = end_epoch(args, "protonet", "protonet", epoch, args.epochs, row, best_acc, log, state)
 
 
 if __name__ == "__main__":
