@@ -2,6 +2,13 @@
 
     python -m cfe.encode --checkpoint runs/omniglot/cfe/checkpoints/last.pt --data-dir data/omniglot \\
         --dataset omniglot --out runs/omniglot/caches --clusters 500
+    python -m cfe.encode --labels pixels --data-dir data/omniglot --dataset omniglot --out runs/omniglot/caches-pixels
+
+--labels picks how the train split is labelled (cfe/tasks.py): kmeans (the default: k-means of the CFE embedding,
+PL-CFE), pixels (the same k-means on the raw pixels, CACTUs' floor), random (uniform random labels, the sanity
+floor) or oracle (the true train labels, supervised: the ceiling, accepted only with --supervised too, and marked
+"supervised": true in encode.json and every cache's meta). Only kmeans reads a --checkpoint; the others' features,
+and so the dim of the file names, are the raw pixels (H*W*C). Every mode writes the caches below.
 
 Writes {dataset}_{dim}_K_{K}_{train,val,test}.npz, {...}_train_clusters.npz and {...}_train_emb.npz (K =
 --clusters; upstream cfe/cfe_encoding.py's names), then encode.json, which names them under "caches" with the
@@ -10,14 +17,16 @@ contract). encode.json is written last: its presence means the caches are comple
 
 Train images of clusters smaller than --min-cluster-size are repeated up to that size so that every cluster can
 supply a task. Val and test are copied with their true labels as cluster labels. The train split's true labels
-never reach the clustering: before it they are only checked (one integer per image, no class shared with val or
-test); after it they give ARI/NMI/ACC/purity as a diagnostic and are carried into the cache unchanged, and, once
-the caches are written, score one more k-means with K = the number of true classes ("quality_at_true_k", as
-unsupervised-clustering papers report). Every cache records the embedding's train data ("embedding_data").
+never reach the clustering (but with --labels oracle, whose labels they are): before it they are only checked (one
+integer per image, no class shared with val or test); after it they give ARI/NMI/ACC/purity as a diagnostic and are
+carried into the cache unchanged, and, once the caches are written, score one more k-means of the features with K =
+the number of true classes ("quality_at_true_k", as unsupervised-clustering papers report; null for random and
+oracle, which cluster nothing). Every cache records the embedding's train data ("embedding_data") and loss
+("embedding_loss", cfe.train --loss; null without a checkpoint).
 
-With --partitions P, k-means runs P times (seeds --seed .. --seed + P - 1) and the train cache holds every
-partition's clusters, labelled one after the other, each image once per partition, with a `partition` array
-saying which partition each row belongs to; maml.train then draws each task from one partition.
+With --partitions P, k-means runs P times (seeds --seed .. --seed + P - 1; random: P draws) and the train cache
+holds every partition's clusters, labelled one after the other, each image once per partition, with a `partition`
+array saying which partition each row belongs to; maml.train then draws each task from one partition.
 
 --checkpoint also takes upstream PL-CFE's pretrained checkpoints (checkpoint_0199.pth.tar; cfe/upstream.py): its
 conv4 for 28 px grey images, its ResNet-50 for 84 px RGB ones.
@@ -31,6 +40,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from cfe.tasks import MODES, check_mode, kmeans, knn_smooth, pixel_features, pseudo_labels, resolve_clusters
+from cfe.train import without_added_settings
 from cfe.upstream import load_any
 from fewshot.backbones import to_float
 from fewshot.cli import DEVICE_HELP, THREADS_HELP, make_parser, nonneg_int, positive_int, seed_int
@@ -53,16 +64,25 @@ from fewshot.runtime import pick_device, set_threads
 
 def get_parser():
     p = make_parser("python -m cfe.encode", __doc__)
-    p.add_argument("--checkpoint", required=True,
-                   help="cfe checkpoint (.pt), or upstream PL-CFE's (checkpoint_0199.pth.tar: cfe/upstream.py)")
+    p.add_argument("--labels", choices=MODES, default="kmeans",
+                   help="how the train split is labelled (cfe/tasks.py): kmeans of the CFE embedding, kmeans of the "
+                        "raw pixels, uniform random labels, or oracle: its true labels (supervised; needs "
+                        "--supervised)")
+    p.add_argument("--supervised", action="store_true",
+                   help="confirms --labels oracle: the caches then hold true labels and are marked supervised")
+    p.add_argument("--checkpoint",
+                   help="--labels kmeans: cfe checkpoint (.pt), or upstream PL-CFE's (checkpoint_0199.pth.tar: "
+                        "cfe/upstream.py)")
     p.add_argument("--data-dir", required=True, help="folder with {dataset}_cache_{train,val,test}.npz")
     p.add_argument("--dataset", required=True, help="dataset name, used in file names")
     p.add_argument("--out", required=True, help="folder for the caches")
-    p.add_argument("--clusters", type=positive_int, default=500, metavar="K",
-                   help="number of k-means clusters (the K of the cache file names)")
+    p.add_argument("--clusters", type=positive_int, metavar="K",
+                   help="number of clusters, the K of the cache file names (default 500; --labels oracle: the "
+                        "number of true train classes, which a given K must equal)")
     p.add_argument("--niter", type=positive_int, default=100, help="k-means iterations")
     p.add_argument("--knn-smooth", type=nonneg_int, default=0, metavar="M",
-                   help="cluster each embedding averaged with its M nearest neighbours (0: off)")
+                   help="cluster each feature vector (embedding or pixels) averaged with its M nearest neighbours "
+                        "(0: off)")
     p.add_argument("--partitions", type=positive_int, default=1, metavar="P",
                    help="k-means partitions with seeds --seed .. --seed + P - 1, kept side by side in the train "
                         "cache (maml.train draws each task from one)")
@@ -85,84 +105,6 @@ def embed(model, X: np.ndarray, batch_size: int, device, desc="embed") -> np.nda
         x = to_float(torch.from_numpy(X[i:i + batch_size]).to(device))
         out.append(model.embed(x).float().cpu())
     return torch.cat(out).numpy()
-
-
-def kmeans(Z: np.ndarray, k: int, niter: int, seed: int, nredo: int = 1, gpu: bool = False) -> tuple:
-    """faiss k-means on every point (no subsampling), best of `nredo` runs, on a GPU when asked and faiss has
-    GPU support. Returns (centres KxD, assignment N).
-
-    NOTE: upstream (cfe/cfe_encoding.py) runs scikit-learn k-means++ with 10 restarts on the raw head outputs; this
-    runs faiss (one run by default, rather than ten) on the normalised ones: the space the CFE loss compares in.
-    """
-    import faiss
-
-    if torch.get_num_threads() > 0:
-        faiss.omp_set_num_threads(torch.get_num_threads())  # follow --threads
-    n, d = Z.shape
-    if k > n:
-        raise UserError(f"--clusters {k} is larger than the number of train images ({n})")
-    # faiss subsamples to 256 points per centroid unless told otherwise; we cluster every point
-    km = faiss.Kmeans(d, k, niter=niter, nredo=nredo, seed=seed, max_points_per_centroid=n, verbose=False,
-                      gpu=gpu and hasattr(faiss, "StandardGpuResources"))
-    km.train(np.ascontiguousarray(Z, dtype=np.float32))
-    _, assign = km.index.search(np.ascontiguousarray(Z, dtype=np.float32), 1)
-    return km.centroids.copy(), assign[:, 0].astype(np.int64)
-
-
-def knn_smooth(Z: np.ndarray, m: int) -> np.ndarray:
-    """NxD unit rows -> NxD unit rows: each row averaged with its m nearest rows by cosine similarity (exact search).
-
-    NOTE: not in the paper, so off by default. A CFE embedding's nearest neighbours share its true class more often
-    than its k-means cluster does, so averaging over them pulls each point towards its class before k-means.
-    """
-    import faiss
-
-    n, d = Z.shape
-    if m == 0:
-        return Z
-    assert m < n, f"{m} neighbours of {n} points"
-    Z = np.ascontiguousarray(Z, dtype=np.float32)
-    index = faiss.IndexFlatIP(d)
-    index.add(Z)
-    _, nb = index.search(Z, m + 1)  # nb: Nx(m+1), usually the point itself first
-    # the point itself is always included once, whatever order ties put it in
-    nb = np.where((nb == np.arange(n)[:, None]).any(1, keepdims=True), nb, np.c_[np.arange(n), nb[:, :m]])
-    S = Z[nb].mean(1)  # NxD
-    return S / np.linalg.norm(S, axis=1, keepdims=True)
-
-
-def repeat_small_clusters(assign: np.ndarray, min_size: int) -> np.ndarray:
-    """Row indices of the expanded train split: every non-empty cluster holds >= min_size rows, small clusters'
-    members repeated in order (upstream repeats them so a 1-shot task with queries can be drawn from any)."""
-    rows = []
-    for c in np.unique(assign):
-        members = np.flatnonzero(assign == c)
-        rows.append(np.resize(members, max(len(members), min_size)))
-    return np.sort(np.concatenate(rows), kind="stable")
-
-
-def partitions(Z: np.ndarray, k: int, niter: int, seed: int, n_partitions: int, min_size: int,
-               gpu: bool = False) -> tuple:
-    """k-means `n_partitions` times (seeds seed, seed + 1, ...), each partition's used clusters relabelled after
-    the previous partition's. Returns (centres K'xD, assign PxN labels of every point in each partition,
-    rows: which point each row of the train cache holds, labels: each row's cluster, part: each row's partition).
-
-    NOTE: not in the paper, which clusters once, so one partition by default. CACTUs (Hsu et al. 2019) draws its
-    tasks from many k-means partitions, so that no single partition's mistakes shape every task; with one
-    embedding, the partitions differ only by k-means' seed."""
-    centres, assign, rows, labels, part, offset = [], [], [], [], [], 0
-    for p in range(n_partitions):
-        c, a = kmeans(Z, k, niter, seed + p, gpu=gpu)
-        used, a = np.unique(a, return_inverse=True)  # relabel to 0..K'-1 in case k-means left a cluster empty
-        r = repeat_small_clusters(a, min_size)
-        centres.append(c[used])
-        assign.append(a + offset)
-        rows.append(r)
-        labels.append(a[r] + offset)
-        part.append(np.full(len(r), p, np.int64))
-        offset += len(used)
-    return (np.concatenate(centres), np.stack(assign), np.concatenate(rows), np.concatenate(labels),
-            np.concatenate(part))
 
 
 def quality_at_true_k(Z: np.ndarray, Y: np.ndarray, niter: int, seed: int, gpu: bool = False) -> dict | None:
@@ -192,28 +134,32 @@ def embedding_data(config) -> dict:
 
 
 def read_inputs(args, arch) -> tuple:
-    """Every input, checked before the run folder is created so that a bad one leaves nothing behind.
-    Returns (train images, train labels: checked now, read again only after k-means, {val/test: Split})."""
+    """Every input, checked before the run folder is created so that a bad one leaves nothing behind; resolves
+    args.clusters (for oracle, from the true classes). `arch`: the checkpoint's, None without one (any image shape).
+    Returns (train images, train labels: checked now, read again only after k-means but by oracle, {val/test:
+    Split})."""
     paths = {s: prepared_path(args.data_dir, args.dataset, s) for s in SPLITS}
     if not paths["train"].is_file():
         raise UserError(f"{paths['train']}: file not found (expected {args.dataset}_cache_train.npz "
                         f"in {args.data_dir})")
     X_train = load_images(paths["train"])  # clustering sees images only
-    want = (arch["image_size"], arch["image_size"], arch["in_channels"])
+    want = X_train.shape[1:] if arch is None else (arch["image_size"], arch["image_size"], arch["in_channels"])
+    expects = "the train images are" if arch is None else "the checkpoint expects"
     if X_train.shape[1:] != want:
-        raise UserError(f"{paths['train']}: images are {X_train.shape[1:]}, the checkpoint expects {want}")
+        raise UserError(f"{paths['train']}: images are {X_train.shape[1:]}, {expects} {want}")
     n = len(X_train)
-    if not 1 <= args.clusters <= n:
-        raise UserError(f"--clusters {args.clusters} must be between 1 and the number of train images ({n})")
     if args.seed + args.partitions - 1 > 2**31 - 1:
         raise UserError(f"--seed {args.seed} + --partitions {args.partitions} - 1 exceeds 2**31 - 1")
     if args.knn_smooth >= n:
         raise UserError(f"--knn-smooth {args.knn_smooth} must be smaller than the number of train images ({n})")
     _, Y_train = check_split(X_train, load_array(paths["train"], "Y"), str(paths["train"]))
+    args.clusters = resolve_clusters(args.labels, args.clusters, Y_train if args.labels == "oracle" else None)
+    if not 1 <= args.clusters <= n:
+        raise UserError(f"--clusters {args.clusters} must be between 1 and the number of train images ({n})")
     labelled = {s: load_split(paths[s]) for s in ("val", "test") if paths[s].is_file()}  # val, test: optional
     for s, split in labelled.items():
         if split.X.shape[1:] != want:
-            raise UserError(f"{paths[s]}: images are {split.X.shape[1:]}, the checkpoint expects {want}")
+            raise UserError(f"{paths[s]}: images are {split.X.shape[1:]}, {expects} {want}")
     assert_disjoint_classes({"train": Y_train, **{s: split.Y for s, split in labelled.items()}})
     return X_train, Y_train, labelled
 
@@ -245,50 +191,80 @@ def write_caches(out, args, dim, X, Y, clustering, Z, labelled, meta) -> dict:
 
 def up_to_date(out: Path, checkpoint) -> bool:
     """Whether OUT already holds the caches of this checkpoint file's current contents: encode.json (written last)
-    records the checkpoint's sha256, so a checkpoint rewritten in place (last.pt) is encoded again."""
+    records the checkpoint's sha256, so a checkpoint rewritten in place (last.pt) is encoded again. Without a
+    checkpoint (--labels pixels, random, oracle), whether encode.json is there."""
     done = out / "encode.json"
-    return done.is_file() and load_json(done).get("checkpoint_sha256") == file_sha256(checkpoint)
+    want = None if checkpoint is None else file_sha256(checkpoint)
+    return done.is_file() and load_json(done).get("checkpoint_sha256") == want
+
+
+def features(args, model, X: np.ndarray, device) -> np.ndarray:
+    """The train split's features that --labels works on: the CFE embedding (kmeans) or the raw pixels (the
+    others: cfe.tasks.pixel_features), smoothed over --knn-smooth neighbours."""
+    Z = pixel_features(X) if model is None else embed(model, X, args.batch_size, device, "embed train")
+    return knn_smooth(Z, args.knn_smooth)
+
+
+def describe(args, model, centres, trained_on) -> dict:
+    """The meta every cache and encode.json carry: how the labels were made and from what. With a checkpoint, which
+    embedding (last.pt is overwritten as training goes on, so its epoch and hash) and which loss trained it."""
+    ckpt = args.checkpoint
+    return {"labels": args.labels, "supervised": args.labels == "oracle",
+            "features": "pixels" if model is None else "embedding",
+            "embedding_loss": None if model is None else model.arch["loss"],
+            "checkpoint": None if ckpt is None else str(Path(ckpt).resolve()),
+            "checkpoint_epoch": None if model is None else model.trained_epochs,
+            "checkpoint_sha256": None if ckpt is None else file_sha256(ckpt), "clusters": args.clusters,
+            "clusters_used": int(len(centres)), "niter": args.niter, "knn_smooth": args.knn_smooth,
+            "partitions": args.partitions, "seed": args.seed, "min_cluster_size": args.min_cluster_size,
+            "embedding_data": trained_on, **provenance()}
+
+
+# cfe.encode settings added after caches were made, with the value that a folder without them was made with
+ADDED_SETTINGS = {"labels": "kmeans", "supervised": False}
 
 
 def main(argv=None):
     args = get_parser().parse_args(argv)
+    check_mode(args)
     set_threads(args.threads)
     device = pick_device(args.device)
-    model = load_any(args.checkpoint, device)
-    X_train, Y_train, labelled = read_inputs(args, model.arch)
-    trained_on = embedding_data(model.train_config)  # read before the run folder exists, as every input
-    out = prepare_run_dir(Path(args.out), vars(args), resume=args.resume)  # the same settings, or an error
+    model = None if args.checkpoint is None else load_any(args.checkpoint, device)
+    X_train, Y_train, labelled = read_inputs(args, None if model is None else model.arch)
+    trained_on = embedding_data(None if model is None else model.train_config)  # before the run folder exists
+    config = without_added_settings(args.out, vars(args), args.resume, ADDED_SETTINGS)
+    out = prepare_run_dir(Path(args.out), config, resume=args.resume)  # the same settings, or an error
     if up_to_date(out, args.checkpoint):
-        print(f"{out}: already holds the caches of {args.checkpoint} with these settings; nothing to do")
+        print(f"{out}: already holds the caches of {args.checkpoint or args.labels} with these settings; "
+              "nothing to do")
         return
     t0 = time.time()
 
-    Z = knn_smooth(embed(model, X_train, args.batch_size, device, "embed train"), args.knn_smooth)
-    clustering = partitions(Z, args.clusters, args.niter, args.seed, args.partitions, args.min_cluster_size,
-                            gpu=device.type == "cuda")
+    Z = features(args, model, X_train, device)
+    gpu = device.type == "cuda"
+    # the true train labels reach the labelling only when they are the labels asked for (oracle: supervised)
+    clustering = pseudo_labels(args, Z, Y_train if args.labels == "oracle" else None, gpu=gpu)
     centres, assign, rows = clustering[:3]
-    # which embedding made these pseudo-labels: last.pt is overwritten as training goes on, so its epoch and hash
-    meta = {"checkpoint": str(Path(args.checkpoint).resolve()), "checkpoint_epoch": model.trained_epochs,
-            "checkpoint_sha256": file_sha256(args.checkpoint), "clusters": args.clusters,
-            "clusters_used": int(len(centres)), "niter": args.niter, "knn_smooth": args.knn_smooth,
-            "partitions": args.partitions, "seed": args.seed, "min_cluster_size": args.min_cluster_size,
-            "embedding_data": trained_on, **provenance()}
-    dim = model.arch["dim"]
+    meta = describe(args, model, centres, trained_on)
+    dim = int(Z.shape[1])  # the embedding's dim, or the pixel count
     caches = write_caches(out, args, dim, X_train, Y_train, clustering, Z, labelled, meta)
 
-    # diagnostics only, after clustering; with several partitions, their mean (each in its own entry)
+    # diagnostics only, after labelling; with several partitions, their mean (each in its own entry)
     each = [cluster_quality(Y_train, a) for a in assign]
     quality = {m: float(np.mean([q[m] for q in each])) for m in each[0]}
     quality["clusters"] = int(len(centres))
     several = args.partitions > 1
-    at_true_k = quality_at_true_k(Z, Y_train, args.niter, args.seed, gpu=device.type == "cuda")
+    # the features at the true K: what kmeans and pixels cluster; random and oracle cluster nothing
+    clustered = args.labels in ("kmeans", "pixels")
+    at_true_k = quality_at_true_k(Z, Y_train, args.niter, args.seed, gpu=gpu) if clustered else None
     report = {"dataset": args.dataset, "dim": dim, "caches": caches, "pseudo_label_quality": quality,
               "quality_at_true_k": at_true_k,
               **({"partition_quality": each} if several else {}), "train_images": int(len(X_train)),
               "train_rows": int(len(rows)), "repeated_rows": int(len(rows) - args.partitions * len(X_train)),
               "seconds": round(time.time() - t0, 1), **meta}
     save_json(out / "encode.json", report)
-    print(f"k-means K={args.clusters}" + (f" x {args.partitions} partitions" if several else "")
+    print(f"--labels {args.labels}" + (" (supervised: the true train labels)" if meta["supervised"] else "")
+          + f" K={args.clusters}" + (f" x {args.partitions} partitions" if several else "")
           + f": {quality['clusters']} clusters, {report['repeated_rows']} repeated rows; "
           + f"pseudo-labels vs hidden truth (diagnostic{', mean of the partitions' if several else ''}): "
           + f"ARI {quality['ari']:.3f} NMI {quality['nmi']:.3f} ACC {quality['acc']:.3f} "

@@ -1,7 +1,11 @@
-"""The CFE loss as a pure function (docs/design.md, algorithms: CFE)."""
+"""The embedding losses as pure functions (docs/design.md, algorithms: CFE): the CFE loss, and MoCo v2's InfoNCE,
+the plain contrastive embedding of the ablation (cfe.train --loss). Both take the same arguments, so that CFE's
+forward pass calls either the same way."""
 
 import torch
 import torch.nn.functional as F
+
+LOSSES = ("cfe", "moco")  # cfe.train --loss; a checkpoint whose arch names none was trained with "cfe"
 
 
 def cfe_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float,
@@ -33,3 +37,29 @@ def cfe_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature:
     logits[:, :n].masked_fill_(group[:, None] != group[None, :], float("-inf"))
     target = torch.arange(n, device=q.device)
     return F.cross_entropy(logits, target)
+
+
+def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float,
+              groups: int = 1) -> torch.Tensor:
+    """MoCo v2's InfoNCE (He et al. 2020, facebookresearch/moco moco/builder.py forward): each query against its
+    own key and the queue.
+
+    q: NxC normalised queries (with gradient); k: NxC normalised keys (no gradient); queue: KxC past keys (no
+    gradient). The logits of row n are
+        [q_n . sg(k_n)] ++ [q_n . sg(queue_j) for j in queue],
+    divided by the temperature, and the target is column 0, the positive. No image of the batch is another's
+    negative; only the queue is.
+
+    `groups` is the CFE loss's (one loss per BatchNorm split or GPU): MoCo's per-GPU loss is the mean over that
+    GPU's rows, and DDP averages the GPUs', so with equal groups the loss is the mean over the whole batch whatever
+    their number; only that the batch splits into them is checked. The queue is copied before the matmul that
+    keeps it for the backward pass (MoCo's `self.queue.clone().detach()`): the caller may overwrite its queue in
+    place between the forward and the backward pass, as CFE.forward's enqueue does.
+    """
+    n, c = q.shape
+    assert k.shape == (n, c) and queue.shape[1] == c, (q.shape, k.shape, queue.shape)
+    assert groups >= 1 and n % groups == 0, f"batch {n} does not split into {groups} groups"
+    positive = (q * k.detach()).sum(1, keepdim=True)  # Nx1: q_n . k_n
+    negatives = q @ queue.detach().clone().T  # NxK
+    logits = torch.cat([positive, negatives], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(n, dtype=torch.long, device=q.device))

@@ -1,5 +1,6 @@
-"""The CFE model: a MoCo pair of encoders that owns its queue (after facebookresearch/moco moco/builder.py), and
-`load_cfe`, which rebuilds one from a cfe checkpoint (docs/design.md, algorithms: CFE)."""
+"""The CFE model: a MoCo pair of encoders that owns its queue (after facebookresearch/moco moco/builder.py), trained
+with the CFE loss or MoCo v2's (cfe.loss), and `load_cfe`, which rebuilds one from a cfe checkpoint (docs/design.md,
+algorithms: CFE)."""
 
 import copy
 
@@ -7,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cfe.loss import cfe_loss
+from cfe.loss import LOSSES, cfe_loss, moco_loss
 from fewshot.backbones import make_backbone
 from fewshot.checkpoint import load_checkpoint, load_state
 from fewshot.distributed import World, all_gather_cat
@@ -36,16 +37,21 @@ class CFE(nn.Module):
     on its 1/world.size of the global batch; bn_splits stays the global number of BatchNorm groups (what `arch`
     records, so a checkpoint reads the same whatever the launch), of which this rank holds bn_splits / world.size.
     Keys are shuffled across all ranks and every rank's queue takes every rank's keys, so a run on N ranks is the
-    same model as one process with the same global batch and bn_splits."""
+    same model as one process with the same global batch and bn_splits.
+
+    `loss` names the loss (cfe.loss.LOSSES): "cfe", PL-CFE's, or "moco", MoCo v2's InfoNCE; `arch` records it, and
+    an arch without it (a checkpoint from before the choice) builds the CFE loss, the only one there was."""
 
     def __init__(self, in_channels=1, hidden=64, image_size=28, dim=64, mlp=True, queue_size=16384, momentum=0.999,
-                 temperature=0.2, bn_splits=1, backbone="conv4", world=ONE_PROCESS):
+                 temperature=0.2, bn_splits=1, backbone="conv4", loss="cfe", world=ONE_PROCESS):
         super().__init__()
         assert bn_splits % world.size == 0, f"{bn_splits} BatchNorm groups do not divide among {world.size} ranks"
+        if loss not in LOSSES:  # a hand-made or future checkpoint: load_cfe turns this into its one-line error
+            raise UserError(f"unknown loss {loss!r} (known: {', '.join(LOSSES)})")
         self.arch = dict(backbone=backbone, in_channels=in_channels, hidden=hidden, image_size=image_size, dim=dim,
                          mlp=mlp, queue_size=queue_size, momentum=momentum, temperature=temperature,
-                         bn_splits=bn_splits)
-        self.momentum, self.temperature, self.bn_splits = momentum, temperature, bn_splits
+                         bn_splits=bn_splits, loss=loss)
+        self.momentum, self.temperature, self.bn_splits, self.loss = momentum, temperature, bn_splits, loss
         self.world, self.local_splits = world, bn_splits // world.size
         self.encoder_q = make_encoder(backbone, in_channels, hidden, image_size, dim, mlp, self.local_splits)
         self.encoder_k = copy.deepcopy(self.encoder_q)  # starts equal to f_q, then follows it by EMA
@@ -87,9 +93,11 @@ class CFE(nn.Module):
         with torch.no_grad():
             self.momentum_update()
             k, k_all = self.keys(x2, gen)  # NxC, and the global batch's: (world*N)xC
-        # enqueue overwrites the queue in place right after; cfe_loss copies it into its key matrix (torch.cat)
-        # first, so its backward is unaffected (tests/cfe/test_model.py checks the gradients)
-        loss = cfe_loss(q, k, self.queue, self.temperature, groups=self.local_splits)
+        # enqueue overwrites the queue in place right after; both losses copy it first (cfe_loss into its key
+        # matrix, moco_loss by a clone), so their backward is unaffected (tests/cfe/test_model.py checks the
+        # gradients). The name is looked up at each call, so that a test may replace either function.
+        loss_fn = moco_loss if self.loss == "moco" else cfe_loss
+        loss = loss_fn(q, k, self.queue, self.temperature, groups=self.local_splits)
         self.enqueue(k_all)  # every rank's keys: the ranks' queues stay equal
         return loss
 

@@ -1,6 +1,7 @@
 """Train the clustering-friendly embedding (CFE) on unlabelled images.
 
     python -m cfe.train --data data/omniglot/omniglot_cache_train.npz --out runs/omniglot/cfe --epochs 200
+    python -m cfe.train --loss moco ...    # the ablation: the same training with MoCo v2's loss (cfe.loss)
     torchrun --nproc_per_node=4 -m cfe.train --data ... --out ...      # 4 processes (GPUs: one each; CPUs: gloo)
 
 Under torchrun (fewshot.distributed) --batch-size stays the global batch and --bn-splits the global number of
@@ -26,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from cfe.colour import augment_for
+from cfe.loss import LOSSES
 from cfe.model import CFE, ONE_PROCESS
 from fewshot.backbones import BACKBONES, check_image_side, to_float
 from fewshot.checkpoint import load_checkpoint, load_state, save_checkpoint, snapshot_path
@@ -43,12 +45,14 @@ from fewshot.cli import (
 from fewshot.data import load_images
 from fewshot.distributed import all_reduce_mean_, broadcast_object, init
 from fewshot.errors import UserError, cli_main
-from fewshot.io import RESUMABLE_CHANGES, JsonlLog, prepare_run_dir, provenance
+from fewshot.io import RESUMABLE_CHANGES, JsonlLog, load_json, prepare_run_dir, provenance
 from fewshot.runtime import epoch_seed, seed_everything, set_threads
 
 # the cosine schedule depends on --epochs, so unlike MAML's a CFE run cannot be lengthened on resume; the number of
 # processes may change, as every setting keeps its global meaning (tests/cfe/test_distributed.py)
 MAY_CHANGE = tuple(k for k in RESUMABLE_CHANGES if k != "epochs") + ("world_size", "precision", "compile")
+# settings added after runs were made, with the value that a run folder without them was made with
+ADDED_SETTINGS = {"loss": "cfe"}
 
 
 def get_parser():
@@ -78,6 +82,10 @@ def get_parser():
                         "older keys are not among them (upstream: 65536)")
     p.add_argument("--key-momentum", type=unit_float, default=0.999, help="EMA momentum m of the key encoder")
     p.add_argument("--temperature", type=positive_float, default=0.2, help="softmax temperature T of the loss")
+    p.add_argument("--loss", choices=LOSSES, default="cfe",
+                   help="cfe: PL-CFE's loss (each view pair's centre against the batch's centres and the queue); "
+                        "moco: MoCo v2's InfoNCE (each query against its own key and the queue), the plain "
+                        "contrastive embedding of the ablation")
     p.add_argument("--bn-splits", type=positive_int, default=4,
                    help="emulate upstream's N-GPU run in one process: BatchNorm statistics and the loss per "
                         "batch/N images, keys shuffled across the N splits (1: one BatchNorm and loss over the batch); "
@@ -134,7 +142,7 @@ def build(args, image_shape, device, world=ONE_PROCESS) -> tuple:
     h, _, c = image_shape
     model = CFE(in_channels=c, hidden=args.hidden, image_size=h, dim=args.dim, mlp=args.mlp,
                 queue_size=args.queue_size, momentum=args.key_momentum, temperature=args.temperature,
-                bn_splits=args.bn_splits, backbone=args.backbone, world=world)
+                bn_splits=args.bn_splits, backbone=args.backbone, loss=args.loss, world=world)
     model = model.to(device, memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.encoder_q.parameters(), args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
@@ -190,6 +198,23 @@ def train_epoch(model, optimizer, X, batch_size, gen, epoch, desc, last, precisi
     return total / steps
 
 
+def without_added_settings(out, config: dict, resume: bool, added: dict) -> dict:
+    """The settings for prepare_run_dir to compare and record when resuming in a run folder whose config.json was
+    written before some settings of `added` ({name: the value a run without it was made with}) existed: `config`
+    without those, when it gives them that value; another value is refused as prepare_run_dir refuses a change.
+    So the runs made before a setting existed still resume, and their config.json stays as it was."""
+    path = Path(out) / "config.json"
+    if not (resume and path.is_file()):  # a new run records every setting; a rerun without --resume is refused
+        return config
+    old = load_json(path)
+    missing = [k for k in added if isinstance(old, dict) and k not in old]
+    changed = [k for k in missing if config[k] != added[k]]
+    if changed:
+        raise UserError(f"--resume with settings that differ from {path}: {', '.join(changed)} (a run from before "
+                        f"the option, made with {', '.join(f'{k} {added[k]}' for k in changed)})")
+    return {k: v for k, v in config.items() if k not in missing}
+
+
 def prepare_on_rank0(world, out, config, resume, last) -> bool:
     """prepare_run_dir on rank 0 alone (the one writer), its verdict sent to every rank: a bad --out or --resume
     stops every rank with the same error rather than leaving the others waiting in their first collective. Returns
@@ -197,7 +222,8 @@ def prepare_on_rank0(world, out, config, resume, last) -> bool:
     error = None
     if world.main:
         try:
-            prepare_run_dir(out, config, resume=resume, may_change=MAY_CHANGE)
+            prepare_run_dir(out, without_added_settings(out, config, resume, ADDED_SETTINGS), resume=resume,
+                            may_change=MAY_CHANGE)
         except UserError as e:  # raised again below, on every rank
             error = str(e)
     error, found = broadcast_object((error, resume and last.exists()))

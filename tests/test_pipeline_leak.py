@@ -3,12 +3,17 @@
 The chain cfe.train -> cfe.encode -> maml.train (PEM on) and ep.train (both stages), and its variant with
 neighbour smoothing and two k-means partitions (cfe.encode --knn-smooth 2 --partitions 2), runs on copies of a
 small dataset that differ only in the train split's labels Y: the true ones, a permutation of them, and random
-labels of another number of classes and other class sizes. Two datasets: synthetic 28x28 grey strokes written as
-caches directly (Conv4 on Omniglot's path, Omniglot's augmentation), and a folder of PNG files of coloured shapes
-prepared by `python -m fewshot.datasets imagefolder` into 84x84 RGB caches (the ImageNet path: MoCo v2's colour
-augmentation, cfe.colour).
+labels of another number of classes and other class sizes. So do the other task constructions of the comparison
+table, up to their caches: k-means of a MoCo-loss embedding (cfe.train --loss moco), of the raw pixels (cfe.encode
+--labels pixels) and random labels (--labels random, two partitions). Two datasets: synthetic 28x28 grey strokes
+written as caches directly (Conv4 on Omniglot's path, Omniglot's augmentation), and a folder of PNG files of coloured
+shapes prepared by `python -m fewshot.datasets imagefolder` into 84x84 RGB caches (the ImageNet path: MoCo v2's
+colour augmentation, cfe.colour).
 Weights, pseudo-labels and the MAML+PEM and EP models must be bit-identical; the pseudo-label quality reported
 against the (different) truth must differ.
+
+The one construction that does read them, --labels oracle (supervised: the ceiling), must follow them, say so in
+encode.json and every cache, and be refused unless named with --supervised too.
 """
 
 import json
@@ -26,6 +31,7 @@ from ep import train as ep_train
 from fewshot import datasets
 from fewshot.data import SPLITS, load_array, load_split, prepared_path, write_split
 from maml import train as maml_train
+from protonet import train as protonet_train
 from tests.conftest import assert_same
 
 SIDE, K, DIM = 28, 10, 16  # the synthetic images' side; k-means clusters and embedding dimension of both cases
@@ -118,21 +124,29 @@ def imagefolder_splits(root: Path) -> dict:
     return splits
 
 
-def encoded(case: Case, caches: Path) -> dict:
+def encoded(case: Case, caches: Path, dim=DIM) -> dict:
     """{train, val, test, train_clusters, train_emb: path} as cfe.encode's encode.json names them."""
     doc = json.loads((caches / "encode.json").read_text())
-    assert doc["dataset"] == case.name and doc["dim"] == DIM and doc["clusters"] == K
+    assert doc["dataset"] == case.name and doc["dim"] == dim and doc["clusters"] == K
     assert set(doc["caches"]) == {"train", "val", "test", "train_clusters", "train_emb"}
     return {s: caches / name for s, name in doc["caches"].items()}
 
 
+# the other rows of the comparison table, up to their caches: {name: (cfe.train --loss or None, cfe.encode options)}
+OTHER_LABELS = {"-moco": ("moco", []), "-pixels": (None, ["--labels", "pixels"]),
+                "-random": (None, ["--labels", "random", "--partitions", "2"])}
+
+
 def pipeline(case: Case, data: Path, runs: Path) -> dict:
     """cfe.train (4 BatchNorm splits, the default), then twice cfe.encode -> maml.train --caches (PEM on):
-    plain, and with --knn-smooth 2 --partitions 2 ("-p2"). Returns {"": caches, "-p2": caches} (see encoded)."""
+    plain, and with --knn-smooth 2 --partitions 2 ("-p2"); then the caches of OTHER_LABELS. Returns {"": caches,
+    "-p2": caches, "-moco": ...} (see encoded)."""
     common = ["--threads", "1", "--device", "cpu", "--seed", "3"]
-    cfe_train.main(["--data", str(prepared_path(data, case.name, "train")), "--out", str(runs / "cfe"),
-                    "--epochs", str(case.cfe_epochs), "--batch-size", str(case.batch_size),
-                    "--queue-size", str(case.queue_size), "--hidden", "16", "--dim", str(DIM), *common])
+    for name, loss in (("cfe", "cfe"), ("cfe-moco", "moco")):
+        cfe_train.main(["--data", str(prepared_path(data, case.name, "train")), "--out", str(runs / name),
+                        "--epochs", str(case.cfe_epochs), "--batch-size", str(case.batch_size),
+                        "--queue-size", str(case.queue_size), "--hidden", "16", "--dim", str(DIM), "--loss", loss,
+                        *common])
     caches = {}
     for name, extra in (("", []), ("-p2", ["--knn-smooth", "2", "--partitions", "2"])):
         cfe_encode.main(["--checkpoint", str(runs / "cfe/checkpoints/last.pt"), "--data-dir", str(data),
@@ -146,6 +160,14 @@ def pipeline(case: Case, data: Path, runs: Path) -> dict:
     ep_train.main(["--caches", str(runs / "caches"), "--out", str(runs / "ep"), "--pretrain-epochs", "1",
                    "--finetune-epochs", "1", "--batch-size", "64", "--tasks-per-epoch", "3", "--queries", "3",
                    "--val-tasks", "3", "--hidden", "8", *common])
+    protonet_train.main(["--caches", str(runs / "caches"), "--out", str(runs / "protonet"), "--epochs", "2",
+                         "--tasks-per-epoch", "3", "--queries", "3", "--val-tasks", "3", "--hidden", "8", *common])
+    for name, (loss, extra) in OTHER_LABELS.items():
+        source = ["--checkpoint", str(runs / f"cfe-{loss}/checkpoints/last.pt")] if loss else []
+        cfe_encode.main([*source, "--data-dir", str(data), "--dataset", case.name,
+                         "--out", str(runs / f"caches{name}"), "--clusters", str(K), "--min-cluster-size", "20",
+                         "--niter", "20", *extra, *common])
+        caches[name] = encoded(case, runs / f"caches{name}", DIM if loss else int(np.prod(case.shape)))
     return caches
 
 
@@ -242,6 +264,13 @@ def test_replacing_train_labels_changes_nothing_but_diagnostics(true_run, tmp_pa
     assert_same_state(ea["optimizer"], eb["optimizer"], "ep optimizer")
     assert ea["best_acc"] == eb["best_acc"]
 
+    # ProtoNets, trained on the pseudo-labels' tasks
+    pna, pnb = ckpt(a / "protonet/checkpoints/last.pt"), ckpt(b / "protonet/checkpoints/last.pt")
+    assert pna["epoch"] == 2 and pna["config"]["learner"] == "protonet"
+    assert_same_state(pna["model"], pnb["model"], "protonet model")
+    assert_same_state(pna["optimizer"], pnb["optimizer"], "protonet optimizer")
+    assert pna["best_acc"] == pnb["best_acc"]
+
     # the variant: smoothed embedding, two partitions side by side in the train cache, MAML + PEM on them
     pa, pb = (np.load(c["-p2"]["train"]) for c in (caches_a, caches_b))
     for key in ("X", "cluster_label", "index", "partition"):
@@ -256,9 +285,75 @@ def test_replacing_train_labels_changes_nothing_but_diagnostics(true_run, tmp_pa
     rows = [json.loads(line) for line in (a / "maml-p2/metrics.jsonl").read_text().splitlines()]
     assert [r["pem_rebuilt_batches"] for r in rows] == [3, 3]
 
+    # the other rows of the table: the MoCo-loss embedding, then each construction's caches
+    ka, kb = ckpt(a / "cfe-moco/checkpoints/last.pt"), ckpt(b / "cfe-moco/checkpoints/last.pt")
+    assert ka["arch"]["loss"] == "moco" and ka["arch"]["bn_splits"] == 4
+    assert_same_state(ka["model"], kb["model"], "cfe model (moco loss)")
+    assert_same_state(ka["optimizer"], kb["optimizer"], "cfe optimizer (moco loss)")
+    for name in OTHER_LABELS:
+        assert_same_caches(caches_a[name], caches_b[name], name)
+    assert json.loads((a / "caches-moco/encode.json").read_text())["embedding_loss"] == "moco"
+
     # only the diagnostics differ, and they must: the labels really were changed
     qa = json.loads((a / "caches/encode.json").read_text())["pseudo_label_quality"]
     qb = json.loads((b / "caches/encode.json").read_text())["pseudo_label_quality"]
     assert qa["clusters"] == qb["clusters"]
     assert qa["ari"] != qb["ari"] and qa["nmi"] != qb["nmi"]
     assert qa["nmi"] > qb["nmi"]  # clusters of the embedding follow the true classes, not the random labels
+
+
+def assert_same_caches(ca: dict, cb: dict, name: str):
+    """Two runs' caches (see encoded) hold the same images, pseudo-labels, rows, partitions, centres and features;
+    the train caches carry their own (different) true labels."""
+    ta, tb = np.load(ca["train"]), np.load(cb["train"])
+    assert set(ta.files) == set(tb.files)
+    for key in {"X", "cluster_label", "index", "partition"} & set(ta.files):
+        assert np.array_equal(ta[key], tb[key]), (name, key)
+    assert not np.array_equal(ta["Y"], tb["Y"]), name
+    assert len(np.unique(ta["cluster_label"])) > 1, name
+    for what, key in (("train_clusters", "cluster_centers"), ("train_emb", "Z"), ("train_emb", "cluster_label")):
+        assert np.array_equal(load_array(ca[what], key), load_array(cb[what], key)), (name, what, key)
+    for s in ("val", "test"):
+        va, vb = load_split(ca[s]), load_split(cb[s])
+        assert np.array_equal(va.X, vb.X) and np.array_equal(va.cluster_label, vb.cluster_label), (name, s)
+
+
+def oracle_argv(data: Path, out: Path, *extra) -> list:
+    return ["--labels", "oracle", "--data-dir", str(data), "--dataset", "leak", "--out", str(out),
+            "--min-cluster-size", "20", "--device", "cpu", "--threads", "1", *extra]
+
+
+def test_oracle_labels_are_the_true_labels_marked_supervised_and_refused_without_supervised(tmp_path, run_main):
+    """--labels oracle --supervised: the train cache's pseudo-labels are its true labels (relabelled 0.. in order of
+    value), so they change with them; K is the number of true classes; encode.json and every cache say
+    "supervised": true. Named without --supervised it is a one-line error (exit 2) that writes nothing."""
+    splits = synthetic_splits()
+    true_y = splits["train"][1]
+    runs = {}
+    for how, train_y in (("true", true_y), ("permuted", replaced_labels(true_y, "permuted"))):
+        data = tmp_path / how / "data"
+        for s, (X, Y) in splits.items():
+            write_split(prepared_path(data, "leak", s), X, train_y if s == "train" else Y)
+        out = tmp_path / how / "caches"
+        r = run_main("cfe.encode", oracle_argv(data, out, "--supervised"))
+        assert r.code == 0 and "supervised" in r.out, r.err
+        doc = json.loads((out / "encode.json").read_text())
+        assert doc["labels"] == "oracle" and doc["supervised"] is True and doc["clusters"] == 20
+        assert doc["dim"] == SIDE * SIDE and doc["quality_at_true_k"] is None
+        assert doc["pseudo_label_quality"]["ari"] == 1.0
+        paths = {s: out / name for s, name in doc["caches"].items()}
+        for s in ("train", "val", "test"):
+            assert load_split(paths[s]).meta["supervised"] is True, s
+        for what in ("train_clusters", "train_emb"):
+            assert json.loads(str(load_array(paths[what], "meta")))["supervised"] is True, what
+        train = load_split(paths["train"])
+        assert np.array_equal(train.cluster_label, np.unique(train.Y, return_inverse=True)[1])
+        assert np.array_equal(train.Y, train_y[train.index])
+        runs[how] = train
+    a, b = runs["true"], runs["permuted"]
+    assert np.array_equal(a.index, b.index) and not np.array_equal(a.cluster_label, b.cluster_label)
+
+    out = tmp_path / "refused"
+    r = run_main("cfe.encode", oracle_argv(tmp_path / "true" / "data", out))
+    assert r.code == 2 and r.out == "" and r.err.count("\n") == 1 and r.err.startswith("error: --labels oracle")
+    assert "needs --supervised" in r.err and not out.exists()

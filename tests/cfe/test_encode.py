@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from cfe import encode
-from cfe.encode import embed, embedding_data, kmeans, knn_smooth, quality_at_true_k, repeat_small_clusters
+from cfe.encode import embed, embedding_data, quality_at_true_k
 from cfe.model import load_cfe
+from cfe.tasks import kmeans, knn_smooth, repeat_small_clusters
 from fewshot.data import (
     load_array,
     load_cluster_partition,
@@ -61,6 +62,9 @@ def test_encode_json_names_the_caches_and_what_the_next_stage_needs(encoded):
             "min_cluster_size", "train_images", "train_rows", "repeated_rows", "seconds", "pseudo_label_quality",
             "quality_at_true_k", "embedding_data", "git_commit", "versions"} <= set(report)
     assert "k" not in report and "k" not in load_json(encoded.out / "config.json")
+    # the default task construction: k-means of a CFE-loss embedding, unsupervised (cfe/tasks.py)
+    assert {k: report[k] for k in ("labels", "supervised", "features", "embedding_loss")} == \
+        {"labels": "kmeans", "supervised": False, "features": "embedding", "embedding_loss": "cfe"}
 
 
 def test_train_cache_rows_are_prepared_rows_with_their_pseudo_labels(encoded, prepared):

@@ -1,11 +1,12 @@
 """cfe.loss.cfe_loss against hand-computed numbers (docs/design.md, algorithms: CFE): logits mu_n . sg([mu; queue])
-/ T, target n, gradient only through the first factor mu and only through q; one group is the whole batch."""
+/ T, target n, gradient only through the first factor mu and only through q; one group is the whole batch.
+cfe.loss.moco_loss likewise: cross-entropy of [q_n . k_n, q_n . queue] / T with target 0, gradient only through q."""
 
 import numpy as np
 import pytest
 import torch
 
-from cfe.loss import cfe_loss
+from cfe.loss import cfe_loss, moco_loss
 
 
 def _softmax(z):
@@ -113,3 +114,84 @@ def test_groups_compare_each_centre_only_within_its_group():
     torch.testing.assert_close(grouped, halves, rtol=1e-12, atol=0)
     torch.testing.assert_close(q1.grad, q2.grad, rtol=1e-10, atol=1e-12)
     assert not torch.allclose(grouped, cfe_loss(q, k, queue, T))  # the whole-batch loss differs
+
+
+def _moco_reference(q, k, queue, t):
+    """MoCo's loss and dloss/dq in numpy: logits [q_n . k_n, q_n . queue_j] / t, target 0, k and queue constant."""
+    n = len(q)
+    logits = np.concatenate([(q * k).sum(1, keepdims=True), q @ queue.T], axis=1) / t
+    p = _softmax(logits)
+    loss = -np.log(p[:, 0]).mean()
+    g_logits = p.copy()
+    g_logits[:, 0] -= 1
+    g_logits /= n
+    g_q = (g_logits[:, :1] * k + g_logits[:, 1:] @ queue) / t
+    return loss, g_q
+
+
+def test_moco_two_by_two_case_by_hand():
+    """The same Q, K, queue and T as the CFE case: row n's logits are [q_n . k_n, q_n . queue_0] / T."""
+    logits = np.array([[0.8, -1.0], [0.8, -0.6]]) / T
+    want = np.mean(np.log1p(np.exp(logits[:, 1] - logits[:, 0])))  # -log softmax(logits)[0]
+    q = torch.tensor(Q, requires_grad=True)
+    k = torch.tensor(K, requires_grad=True)  # neither the key nor the queue may get a gradient
+    queue = torch.tensor(QUEUE, requires_grad=True)
+    loss = moco_loss(q, k, queue, T)
+    loss.backward()
+    assert loss.item() == pytest.approx(want, rel=1e-12)
+    assert loss.item() == pytest.approx((0.026957 + 0.059033) / 2, abs=1e-6)  # log(1 + e^-3.6), log(1 + e^-2.8)
+    np.testing.assert_allclose(q.grad.numpy(), _moco_reference(Q, K, QUEUE, T)[1], rtol=1e-10, atol=1e-12)
+    assert k.grad is None and queue.grad is None
+
+
+@pytest.mark.parametrize("n,c,k,t", [(5, 3, 7, 0.2), (1, 4, 2, 1.0), (8, 16, 32, 0.07)])
+def test_moco_is_cross_entropy_of_the_positive_and_the_queue_with_target_0(n, c, k, t):
+    g = torch.Generator().manual_seed(n * 100 + k)
+    q, key = (torch.nn.functional.normalize(torch.randn(n, c, generator=g, dtype=torch.float64), dim=1)
+              for _ in range(2))
+    queue = torch.nn.functional.normalize(torch.randn(k, c, generator=g, dtype=torch.float64), dim=1)
+    logits = torch.cat([torch.einsum("nc,nc->n", q, key)[:, None], torch.einsum("nc,kc->nk", q, queue)], 1) / t
+    want = torch.nn.functional.cross_entropy(logits, torch.zeros(n, dtype=torch.long))
+    torch.testing.assert_close(moco_loss(q, key, queue, t), want, rtol=1e-12, atol=0)
+    want_loss, want_grad = _moco_reference(q.numpy(), key.numpy(), queue.numpy(), t)
+    q.requires_grad_()
+    loss = moco_loss(q, key, queue, t)
+    loss.backward()
+    assert loss.item() == pytest.approx(want_loss, rel=1e-10)
+    np.testing.assert_allclose(q.grad.numpy(), want_grad, rtol=1e-8, atol=1e-12)
+
+
+def test_moco_gradient_check():
+    """torch.autograd.gradcheck: the analytic dloss/dq equals finite differences (k and the queue held fixed)."""
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    k, queue = torch.randn(3, 4, generator=g, dtype=torch.float64), torch.randn(5, 4, generator=g, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: moco_loss(x, k, queue, 0.5, groups=3), (q,))
+
+
+def test_moco_groups_change_nothing_the_batch_is_never_its_own_negative():
+    """MoCo's per-GPU loss is the mean over its rows: groups=2 is the mean of the two half-batch losses, and, as no
+    image of the batch is another's negative, the whole-batch loss too (unlike the CFE loss)."""
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.nn.functional.normalize(torch.randn(4, 3, generator=g, dtype=torch.float64), dim=1)
+            for _ in range(2))
+    queue = torch.nn.functional.normalize(torch.randn(5, 3, generator=g, dtype=torch.float64), dim=1)
+    grouped = moco_loss(q, k, queue, T, groups=2)
+    halves = (moco_loss(q[:2], k[:2], queue, T) + moco_loss(q[2:], k[2:], queue, T)) / 2
+    torch.testing.assert_close(grouped, halves, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grouped, moco_loss(q, k, queue, T), rtol=1e-12, atol=0)
+    with pytest.raises(AssertionError, match="does not split into 3 groups"):
+        moco_loss(q, k, queue, T, groups=3)
+    with pytest.raises(AssertionError):
+        moco_loss(q, k[:3], queue, T)
+
+
+def test_moco_backward_survives_the_queue_overwritten_after_the_forward_pass():
+    """CFE.forward enqueues (in place) between the loss and its backward pass: moco_loss must have copied the
+    queue, or autograd refuses (a tensor it saved was modified) or differentiates against the new keys."""
+    q = torch.tensor(Q, requires_grad=True)
+    queue = torch.tensor(QUEUE)
+    loss = moco_loss(q, torch.tensor(K), queue, T)
+    queue.mul_(-3)
+    loss.backward()
+    np.testing.assert_allclose(q.grad.numpy(), _moco_reference(Q, K, QUEUE, T)[1], rtol=1e-10, atol=1e-12)

@@ -1,6 +1,6 @@
 """cfe.model: CFE's queue (enqueue, wrap-around, pointer), the key encoder's momentum update, the forward pass (the
-key encoder never receives a gradient; with split BatchNorm, shuffled keys and one loss per split), each backbone, and
-load_cfe."""
+key encoder never receives a gradient; with split BatchNorm, shuffled keys and one loss per split), each backbone, the
+choice of loss (CFE's or MoCo's, recorded in arch), and load_cfe."""
 
 import copy
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cfe.loss import cfe_loss
+from cfe.loss import cfe_loss, moco_loss
 from cfe.model import CFE, load_cfe
 from fewshot.backbones import BACKBONES, Conv4
 from fewshot.checkpoint import save_checkpoint
@@ -156,6 +156,45 @@ def test_forward_computes_one_loss_per_batchnorm_split(splits):
         torch.testing.assert_close(loss, cfe_loss(q, k, old_queue, 0.2, groups=1))
     else:
         assert not torch.allclose(loss, cfe_loss(q, k, old_queue, 0.2))  # not the whole-batch loss
+
+
+@pytest.mark.parametrize("splits", [1, 2])
+def test_the_moco_loss_is_moco_loss_of_each_split_on_the_old_queue_and_its_backward_follows_the_enqueue(splits):
+    """loss="moco": the forward pass is moco_loss of each BatchNorm split against the queue as it was (their mean:
+    the whole batch's), with the same keys, enqueue and gradients as computing it by hand."""
+    torch.manual_seed(0)
+    model = CFE(in_channels=1, hidden=4, image_size=28, dim=8, queue_size=16, momentum=0.0, bn_splits=splits,
+                loss="moco").train()
+    assert model.arch["loss"] == "moco" and tiny().arch["loss"] == "cfe"
+    reference = copy.deepcopy(model)
+    old_queue = model.queue.clone()
+    x1, x2 = torch.rand(8, 1, 28, 28), torch.rand(8, 1, 28, 28)
+    loss = model(x1, x2, torch.Generator().manual_seed(3))
+    k = model.queue[:8].clone()  # the keys, in batch order
+    q = reference.embed(x1)
+    per_split = [moco_loss(q[i:i + 8 // splits], k[i:i + 8 // splits], old_queue, 0.2)
+                 for i in range(0, 8, 8 // splits)]
+    want = torch.stack(per_split).mean()
+    torch.testing.assert_close(loss, want)
+    torch.testing.assert_close(loss, moco_loss(q, k, old_queue, 0.2))
+    assert not torch.allclose(loss, cfe_loss(q, k, old_queue, 0.2, groups=splits))  # another loss than CFE's
+    loss.backward()  # after the enqueue
+    want.backward()
+    for a, b in zip(model.encoder_q.parameters(), reference.encoder_q.parameters()):
+        torch.testing.assert_close(a.grad, b.grad)
+
+
+def test_an_arch_without_loss_trained_with_cfe_and_an_unknown_loss_is_one_line(tmp_path):
+    """Checkpoints written before the choice of loss record none: theirs was the CFE loss."""
+    model = tiny()
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, "cfe", arch={k: v for k, v in model.arch.items() if k != "loss"}, model=model.state_dict(),
+                    epoch=1)
+    assert load_cfe(path).arch["loss"] == "cfe" and load_cfe(path).loss == "cfe"
+    save_checkpoint(path, "cfe", arch={**model.arch, "loss": "simclr"}, model=model.state_dict(), epoch=1)
+    with pytest.raises(UserError, match="'arch' does not build a CFE .*unknown loss 'simclr'") as caught:
+        load_cfe(path)
+    assert "\n" not in str(caught.value)
 
 
 def test_load_cfe_rebuilds_the_model_in_eval_mode(cfe_checkpoint):

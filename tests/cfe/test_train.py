@@ -316,3 +316,47 @@ def test_the_fast_path_trains_the_model_the_plain_path_trains(runs, images_only,
     assert b["config"][speed[0].lstrip("-")] in ("bf16", True) and whole.exists()
     losses = [read_jsonl(run / "metrics.jsonl")[0]["loss"] for run in (plain, fast)]
     assert losses[1] == pytest.approx(losses[0], rel=tol)
+
+
+def test_the_moco_loss_trains_with_the_same_code_and_is_recorded(images_only, tmp_path, monkeypatch):
+    """--loss moco: the same training step calls moco_loss (once per step, on the 4 BatchNorm splits) where the
+    default calls cfe_loss, and trains another model; the checkpoint's arch and config record the loss, and a moco
+    run cannot resume as a CFE one."""
+    import cfe.model
+
+    real, splits = cfe.model.moco_loss, []
+    monkeypatch.setattr("cfe.model.moco_loss", lambda *a, groups: splits.append(groups) or real(*a, groups=groups))
+    moco, plain = tmp_path / "moco", tmp_path / "cfe"
+    train.main(args(images_only, moco, "--epochs", 1, "--loss", "moco"))
+    assert splits == [4] * 12  # 800 images, batch 64: 12 steps
+    train.main(args(images_only, plain, "--epochs", 1))
+    assert len(splits) == 12  # the default never calls it
+    a, b = last(moco), last(plain)
+    assert (a["arch"]["loss"], a["config"]["loss"]) == ("moco", "moco")
+    assert (b["arch"]["loss"], b["config"]["loss"]) == ("cfe", "cfe")
+    assert load_cfe(moco / "checkpoints" / "last.pt").loss == "moco"
+    conv = "encoder_q.0.blocks.0.0.weight"
+    assert not torch.equal(a["model"][conv], b["model"][conv])
+    assert np.isfinite(read_jsonl(moco / "metrics.jsonl")[0]["loss"])
+    before = files_under(moco)
+    with pytest.raises(UserError, match="differ .*: loss"):
+        train.main(args(images_only, moco, "--epochs", 1, "--resume"))
+    assert files_under(moco) == before
+
+
+def test_a_run_from_before_the_loss_option_resumes_as_the_cfe_run_it_was(runs, images_only, tmp_path):
+    """A config.json without "loss" was written by a CFE-loss run: it resumes with the default (its config.json
+    left without the key) and refuses --loss moco with a one-line error."""
+    whole = runs[0]
+    run = stopped_after(whole, 2, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    del config["loss"]
+    (run / "config.json").write_text(json.dumps(config))
+    before = files_under(run)
+    with pytest.raises(UserError, match="differ from .*config.json: loss \\(a run from before the option, made "
+                                        "with loss cfe\\)$"):
+        train.main(args(images_only, run, "--resume", "--loss", "moco"))
+    assert files_under(run) == before
+    train.main(args(images_only, run, "--resume"))
+    assert_same(last(whole)["model"], last(run)["model"])
+    assert "loss" not in json.loads((run / "config.json").read_text())
