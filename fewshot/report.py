@@ -3,6 +3,11 @@ accuracy ± 95% CI on val and test, pseudo-label quality, wall time per stage, a
 from the raw-pixel baseline (embedding/: fewshot.baseline --checkpoint, the CFE embedding's nearest prototype).
 
     python -m fewshot.report runs/omniglot-quick
+    python -m fewshot.report runs/omniglot-table-quick   # a folder of pipeline folders: the comparison table
+
+Given a folder of pipeline folders (children with caches/encode.json, as scripts/omniglot_table.sh makes), it
+writes the comparison table instead (fewshot/table.py): task construction x meta-learner against the ways/shots
+found, val and test apart, with the literature's numbers for Omniglot in a table of their own.
 
 Wall times are read from each stage's own logs (sums of epoch times, so a resumed run counts its work once).
 Writes summary.json and summary.md into the folder and prints the table.
@@ -222,7 +227,8 @@ def to_markdown(rows) -> str:
 def get_parser():
     p = make_parser("python -m fewshot.report", __doc__)
     p.add_argument("root", nargs="?", help="pipeline folder holding cfe/, caches/, maml-*/, ep-*/, protonet-*/ and "
-                                           "optionally the baselines' pixels/ and embedding/")
+                                           "optionally the baselines' pixels/ and embedding/; or a folder of such "
+                                           "pipeline folders (the comparison table)")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                    help="print the paired difference A - B of two result files on the same tasks instead")
     return p
@@ -239,14 +245,20 @@ def main(argv=None):
     if not args.root:
         raise UserError("give a pipeline folder, or --compare A B")
     root = Path(args.root)
-    rows = summarise(root)
-    table = to_markdown(rows)
-    brief = [{k: ({**v, "per_task_accuracy": None} if isinstance(v, dict) and "per_task_accuracy" in v else v)
-              for k, v in r.items()} for r in rows]  # the per-task lists stay in each run's results
+    from fewshot import table  # it builds on this module's readers
+
+    if table.is_collection(root):
+        doc = table.comparison(root)
+        text, brief = table.to_markdown(doc), doc
+    else:
+        rows = summarise(root)
+        text = to_markdown(rows)
+        brief = [{k: ({**v, "per_task_accuracy": None} if isinstance(v, dict) and "per_task_accuracy" in v else v)
+                  for k, v in r.items()} for r in rows]  # the per-task lists stay in each run's results
     save_json(root / "summary.json", brief)
     with atomic_path(root / "summary.md") as tmp:
-        tmp.write_text(table)
-    print(table, end="")
+        tmp.write_text(text)
+    print(text, end="")
 
 
 if __name__ == "__main__":

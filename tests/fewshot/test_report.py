@@ -3,7 +3,7 @@
 import pytest
 
 from fewshot.errors import UserError, cli_main
-from fewshot.io import JsonlLog, save_json
+from fewshot.io import JsonlLog, load_json, save_json
 from fewshot.report import main, summarise, to_markdown
 
 
@@ -225,3 +225,138 @@ def test_protonet_runs_and_the_embedding_baseline_get_rows_of_their_own(tmp_path
     # each paired with the pixel baseline on the same tasks
     assert "- protonet - pixels, test 5-way 1-shot: +20.00 ± 11.32 points" in table
     assert "- embedding - pixels, test 5-way 1-shot: +10.00 ± 11.32 points" in table
+
+
+# A folder of pipeline folders (scripts/omniglot_table.sh): one comparison table of task construction x meta-learner.
+def _result(folder, split, ways, shots, acc, name=None, **extra):
+    save_json(folder / "results" / (name or f"{split}_{ways}w{shots}s.json"),
+              {"ways": ways, "shots": shots, "accuracy": acc, "ci95": 0.01, "tasks": 1000, "steps": 10, "seed": 0,
+               "tasks_sha256": f"{split}{ways}{shots}", **extra})
+
+
+def _pipeline(root, name, encode, runs, ari=0.5):
+    save_json(root / name / "caches" / "encode.json",
+              {"dataset": "omniglot", "labels": "kmeans", "supervised": False, "embedding_loss": "cfe",
+               "partitions": 1, "knn_smooth": 0, "pseudo_label_quality": {"ari": ari, "nmi": 0.9}, **encode})
+    for run, cfg, results in runs:
+        save_json(root / name / run / "config.json", {"epochs": 20, "ways": 5, **cfg})
+        for split, ways, shots, acc in results:
+            _result(root / name / run, split, ways, shots, acc)
+
+
+FIVE_WAY = [("test", 5, 1, 0.80), ("test", 5, 5, 0.90)]
+
+
+def make_table(root, dataset="omniglot"):
+    _pipeline(root, "cfe", {}, [
+        ("maml-pem", {"pem": True}, [*FIVE_WAY, ("val", 5, 1, 0.70)]),
+        ("maml-nopem", {"pem": False}, FIVE_WAY),
+        ("ep", {"learner": "ep"}, FIVE_WAY),
+        ("protonet", {"learner": "protonet"}, FIVE_WAY),
+        ("maml-pem-20way", {"pem": True, "ways": 20}, [("test", 20, 1, 0.60), ("test", 20, 5, 0.75)]),
+        ("maml-true", {"pem": False, "supervised": True}, FIVE_WAY)])
+    # semi-supervised tasks: in the pipeline's own table only
+    _result(root / "cfe" / "ep", "test", 5, 1, 0.5, "test_5w1s_5u.json", unlabeled=5)
+    _pipeline(root, "moco", {"embedding_loss": "moco"}, [("maml-pem", {"pem": True}, FIVE_WAY)])
+    _pipeline(root, "partitions", {"partitions": 10}, [("maml-pem", {"pem": True}, FIVE_WAY)])
+    _pipeline(root, "kmeans-pixels", {"labels": "pixels", "embedding_loss": None},
+              [("maml-pem", {"pem": True}, FIVE_WAY)])
+    _pipeline(root, "random", {"labels": "random", "embedding_loss": None}, [("maml-pem", {"pem": True}, FIVE_WAY)])
+    _pipeline(root, "oracle", {"labels": "oracle", "supervised": True, "embedding_loss": None},
+              [("maml", {"pem": False, "supervised": True}, FIVE_WAY)], ari=1.0)
+    for folder, method in ((root / "pixels", "raw pixels, nearest prototype (no training)"),
+                           (root / "cfe" / "pixels", "raw pixels, nearest prototype (no training)"),  # the same again
+                           (root / "embedding", "CFE embedding, nearest prototype (no meta-learning)")):
+        save_json(folder / "config.json", {"method": method, "cache": f"data/{dataset}/{dataset}_cache_test.npz"})
+        for ways, shots in ((5, 1), (5, 5), (20, 1), (20, 5)):
+            _result(folder, "test", ways, shots, 0.4 if "pixels" in method else 0.5, steps=0)
+    if dataset != "omniglot":
+        for encode in root.glob("*/caches/encode.json"):
+            save_json(encode, {**load_json(encode), "dataset": dataset})
+
+
+def test_a_folder_of_pipelines_gives_one_comparison_table(tmp_path, capsys):
+    make_table(tmp_path)
+    main([str(tmp_path)])
+    table = (tmp_path / "summary.md").read_text()
+    assert capsys.readouterr().out == table
+    test = table[table.index("## test split"):table.index("## published results (cited, not run here)")]
+    assert "| task construction | meta-learner | 5-way 1-shot | 5-way 5-shot | 20-way 1-shot | 20-way 5-shot | ARI " \
+           "| NMI | runs |" in test
+    # the 20-way meta-training run gives the 20-way columns of the CFE + MAML + PEM row
+    assert "| CFE k-means | MAML + PEM | 80.00 ± 1.00 % | 90.00 ± 1.00 % | 60.00 ± 1.00 % | 75.00 ± 1.00 % | 0.500 " \
+           "| 0.900 | cfe/maml-pem, cfe/maml-pem-20way (20-way meta-training) |" in test
+    rows = [line.split(" | ")[:2] for line in test.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert rows == [["| CFE k-means", "MAML + PEM"], ["| CFE k-means", "MAML (PEM off)"], ["| CFE k-means", "EP"],
+                    ["| CFE k-means", "ProtoNets"], ["| CFE, 10 k-means partitions (CACTUs-style)", "MAML + PEM"],
+                    ["| MoCo k-means", "MAML + PEM"], ["| k-means on pixels", "MAML + PEM"],
+                    ["| random labels", "MAML + PEM"],
+                    ["| -", "CFE embedding, nearest prototype (no meta-learning)"],
+                    ["| -", "raw pixels, nearest prototype (no training)"],  # once, though found twice
+                    ["| true labels (oracle, supervised)", "MAML (PEM off)"],
+                    ["| true labels (supervised)", "MAML (PEM off)"]]
+    assert "| true labels (oracle, supervised) | MAML (PEM off) | 80.00 ± 1.00 % | 90.00 ± 1.00 % | - | - | 1.000 " \
+           "| 0.900 | oracle/maml |" in test
+    # a --supervised run on pseudo-labelled caches never read them: no pseudo-label quality
+    assert "| true labels (supervised) | MAML (PEM off) | 80.00 ± 1.00 % | 90.00 ± 1.00 % | - | - | - | - " \
+           "| cfe/maml-true |" in test
+    assert "| - | raw pixels, nearest prototype (no training) | 40.00 ± 1.00 % | 40.00 ± 1.00 % | 40.00 ± 1.00 % " \
+           "| 40.00 ± 1.00 % | - | - | pixels, cfe/pixels |" in test
+    assert "cited" not in test and "68.84" not in test
+    # val is a table of its own, with the columns its results have
+    val = table[table.index("## val split"):table.index("## test split")]
+    assert "| task construction | meta-learner | 5-way 1-shot | ARI | NMI | runs |" in val
+    assert "| CFE k-means | MAML + PEM | 70.00 ± 1.00 % | 0.500 | 0.900 | cfe/maml-pem |" in val
+    # the literature's rows: under the measured tables, marked, never among them
+    cited = table[table.index("## published results (cited, not run here)"):]
+    assert "| omniglot | CACTUs-MAML (cited, not run here) | 68.84 % | 87.78 % | Hsu et al. 2019 |" in cited
+    assert "| omniglot | UMTRA (cited, not run here) | 83.80 % | 95.43 % | Khodadadeh et al. 2019 |" in cited
+    assert "| omniglot | MAML, true labels (supervised) (cited, not run here) | 94.46 % | 98.83 % | Hsu et al. 2019 |" \
+        in cited
+    doc = load_json(tmp_path / "summary.json")
+    rows = {(r["construction"], r["learner"]): r for r in doc["splits"]["test"]["rows"]}
+    assert doc["splits"]["test"]["columns"] == ["5w1s", "5w5s", "20w1s", "20w5s"]
+    assert [k for k, r in rows.items() if r["supervised"]] == [("true labels (oracle, supervised)", "MAML (PEM off)"),
+                                                               ("true labels (supervised)", "MAML (PEM off)")]
+    assert rows["CFE k-means", "MAML + PEM"]["cells"]["20w5s"]["run"] == \
+        "cfe/maml-pem-20way (20-way meta-training)"
+    assert all(c["cited"] for c in doc["cited"]) and len(doc["cited"]) == 3
+
+
+def test_other_datasets_get_no_cited_rows_and_one_pipeline_keeps_its_own_table(tmp_path):
+    make_table(tmp_path, dataset="cifar10")
+    main([str(tmp_path)])
+    assert "cited" not in (tmp_path / "summary.md").read_text()
+    main([str(tmp_path / "cfe")])  # one pipeline folder: fewshot.report's own table, as before
+    assert isinstance(load_json(tmp_path / "cfe" / "summary.json"), list)
+    assert "| maml-pem | MAML + PEM | test | 20 | 80.00 ± 1.00 % (1000 tasks, 10 steps) |" in \
+        (tmp_path / "cfe" / "summary.md").read_text()
+
+
+def test_pipelines_smoothed_or_of_several_draws_say_so_and_same_named_rows_of_two_pipelines_stay_apart(tmp_path):
+    from fewshot.table import comparison
+    from fewshot.table import to_markdown as to_table_markdown
+    _pipeline(tmp_path, "seed0", {"knn_smooth": 5}, [("maml-pem", {"pem": True}, FIVE_WAY)])
+    _pipeline(tmp_path, "seed1", {"knn_smooth": 5}, [("maml-pem", {"pem": True}, [("test", 5, 1, 0.7)])])
+    _pipeline(tmp_path, "random", {"labels": "random", "partitions": 3}, [("maml-pem", {"pem": True}, FIVE_WAY)])
+    doc = comparison(tmp_path)
+    assert [(r["construction"], r["runs"]) for r in doc["splits"]["test"]["rows"]] == [
+        ("CFE k-means, embeddings smoothed over 5 neighbours", ["seed0/maml-pem"]),
+        ("CFE k-means, embeddings smoothed over 5 neighbours", ["seed1/maml-pem"]),
+        ("random labels, 3 draws", ["random/maml-pem"])]
+    assert "MAML adapts 10 steps at test" in to_table_markdown(doc)
+    _result(tmp_path / "seed1" / "maml-pem", "test", 5, 1, 0.7, steps=50)  # tests of other budgets: each cell says
+    table = to_table_markdown(comparison(tmp_path))
+    assert "| 70.00 ± 1.00 % (50 steps) | - |" in table and "| 80.00 ± 1.00 % (10 steps) |" in table
+    assert "MAML adapts" not in table
+
+
+def test_a_folder_of_pipelines_without_results_is_an_error(tmp_path):
+    _pipeline(tmp_path, "cfe", {}, [])
+    with pytest.raises(UserError, match="no pipeline folder .* with learner or baseline results"):
+        main([str(tmp_path)])
+    save_json(tmp_path / "cfe" / "caches" / "encode.json", {"labels": "kmeans", "partitions": "ten"})
+    _result(tmp_path / "cfe" / "maml-pem", "test", 5, 1, 0.8)
+    save_json(tmp_path / "cfe" / "maml-pem" / "config.json", {"pem": True})
+    with pytest.raises(UserError, match="encode.json: 'partitions' must be a finite number"):
+        main([str(tmp_path)])
