@@ -40,6 +40,10 @@ def cli_main(main, argv=None, resumable=False, distributed=False) -> None:
         if not distributed:
             refuse_multiprocess()
         main(argv)
+        if distributed:  # every rank done before any tears its connections down: a gloo rank finishing while its
+            from fewshot.distributed import barrier  # peer was already closing once aborted ("terminate called
+                                                     # without an active exception") in a 2-process test
+            barrier()
     except UserError as e:
         message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())  # one line, always
         print(f"error: {message}", file=sys.stderr)
