@@ -1,6 +1,7 @@
 """cfe.tasks and cfe.encode --labels: the pixel features, random and oracle labels by hand; each mode's caches made by
 the same code into the same contract (names with the pixel count as dim, meta saying the mode); the settings a mode
-cannot use refused in one line before anything is written; cache folders from before --labels still resume.
+cannot use refused in one line before anything is written; cache folders from before --labels still resume; and
+k-means itself: small-cluster repetition, every point clustered, neighbour smoothing, several partitions.
 (The true train labels' part in each mode: tests/test_pipeline_leak.py.)"""
 
 import json
@@ -10,18 +11,31 @@ import pytest
 import torch
 
 from cfe import encode
+from cfe.encode import embed
+from cfe.model import load_cfe
 from cfe.tasks import (
     class_means,
+    kmeans,
     kmeans_partitions,
+    knn_smooth,
     oracle_partition,
     pixel_features,
     random_partitions,
+    repeat_small_clusters,
     resolve_clusters,
 )
 from fewshot.checkpoint import save_checkpoint
-from fewshot.data import load_array, load_split
+from fewshot.data import (
+    load_array,
+    load_cluster_partition,
+    load_pseudo_labels,
+    load_split,
+    prepared_path,
+    write_split,
+)
 from fewshot.errors import UserError
 from fewshot.io import load_json
+from tests.cfe.test_encode import encode_argv
 from tests.conftest import ENCODE_K, ENCODE_MIN, file_bytes, files_under
 
 PIXELS = 28 * 28  # the synthetic images' dim under --labels pixels, random, oracle
@@ -197,3 +211,123 @@ def test_a_cache_folder_from_before_labels_resumes_as_the_kmeans_run_it_was(prep
     before = files_under(out)
     r = run_main("cfe.encode", argv(prepared, out, "--labels", "pixels", "--clusters", ENCODE_K, "--resume"))
     assert r.code == 2 and r.err.count("\n") == 1 and "labels" in r.err and files_under(out) == before
+
+
+def test_repeat_small_clusters_by_hand():
+    assign = np.array([2, 0, 2, 1, 0, 2, 2, 0, 2])  # sizes: 0 -> 3, 1 -> 1, 2 -> 5
+    rows = repeat_small_clusters(assign, 4)
+    assert np.array_equal(np.bincount(assign[rows]), [4, 4, 5])
+    assert np.array_equal(np.sort(rows[assign[rows] == 2]), np.flatnonzero(assign == 2))  # big cluster untouched
+    assert np.array_equal(rows[assign[rows] == 1], [3, 3, 3, 3])  # the single member, copied
+    assert np.array_equal(np.bincount(rows[assign[rows] == 0], minlength=8)[[1, 4, 7]], [2, 1, 1])
+    assert np.all(np.diff(rows) >= 0) and set(rows) == set(range(len(assign)))
+    assert np.array_equal(repeat_small_clusters(assign, 1), np.arange(len(assign)))  # nothing to repeat
+
+
+def test_kmeans_uses_every_point_not_a_subsample():
+    """With 3,000 points and k = 2, faiss would subsample to 256 per centroid by default; on every point, a
+    converged centre is exactly the mean of all the points assigned to it."""
+    rng = np.random.default_rng(0)
+    Z = np.concatenate([rng.normal(0, 1, (1500, 4)), rng.normal(8, 1, (1500, 4))]).astype(np.float32)
+    centres, assign = kmeans(Z, 2, niter=20, seed=0)
+    assert assign.shape == (3000,) and set(np.unique(assign)) == {0, 1}
+    assert np.bincount(assign).tolist() == [1500, 1500]
+    for j in range(2):
+        np.testing.assert_allclose(centres[j], Z[assign == j].mean(0), atol=1e-4)
+    again = kmeans(Z, 2, niter=20, seed=0)
+    assert np.array_equal(again[1], assign) and np.array_equal(again[0], centres)
+
+
+def test_kmeans_refuses_more_clusters_than_points():
+    with pytest.raises(UserError, match="larger than the number of train images"):
+        kmeans(np.zeros((5, 3), np.float32), 6, niter=5, seed=0)
+
+
+def test_knn_smooth_by_hand():
+    """Four unit vectors at 0, 10, 90 and 135 degrees: with one neighbour, 0 and 10 pair up, and so do 90 and 135
+    (cosine 0.71, against 0.17 between 90 and 10)."""
+    angles = np.deg2rad([0, 10, 90, 135])
+    Z = np.stack([np.cos(angles), np.sin(angles)], 1).astype(np.float32)
+    def unit(v):
+        return v / np.linalg.norm(v)
+    want = np.stack([unit(Z[0] + Z[1]), unit(Z[1] + Z[0]), unit(Z[2] + Z[3]), unit(Z[3] + Z[2])])
+    np.testing.assert_allclose(knn_smooth(Z, 1), want, atol=1e-6)
+    np.testing.assert_allclose(knn_smooth(Z, 3), np.tile(unit(Z.sum(0)), (4, 1)), atol=1e-6)  # all of them
+    assert knn_smooth(Z, 0) is Z  # off
+    dup = np.repeat(Z[:1], 3, 0)  # exact copies tie with the point itself: smoothing leaves them as they are
+    np.testing.assert_allclose(knn_smooth(dup, 1), dup, atol=1e-6)
+
+
+def test_knn_smooth_run_clusters_the_smoothed_embedding_without_the_true_labels(prepared, cfe_checkpoint, tmp_path):
+    data = tmp_path / "data"
+    for s in ("train", "val", "test"):
+        Y = prepared.Y[s]
+        write_split(prepared_path(data, prepared.name, s), prepared.X[s],
+                    np.random.default_rng(2).permutation(Y) if s == "train" else Y)
+    runs = {}
+    for name, data_dir in (("true", prepared.root), ("permuted", data)):
+        out = tmp_path / name
+        encode.main(encode_argv(cfe_checkpoint, data_dir, prepared.name, out) + ["--knn-smooth", "3"])
+        runs[name] = out
+    stem = f"{prepared.name}_16_K_{ENCODE_K}"
+    Z = load_array(runs["true"] / f"{stem}_train_emb.npz", "Z")
+    want = knn_smooth(embed(load_cfe(cfe_checkpoint), prepared.X["train"], 256, torch.device("cpu")), 3)
+    np.testing.assert_allclose(Z, want, atol=1e-5)
+    a, b = (load_split(runs[n] / f"{stem}_train.npz") for n in ("true", "permuted"))
+    assert np.array_equal(a.cluster_label, b.cluster_label) and not np.array_equal(a.Y, b.Y)
+    assert a.meta["knn_smooth"] == 3
+    with pytest.raises(UserError, match="--knn-smooth 800 must be smaller than the number of train images"):
+        encode.main(encode_argv(cfe_checkpoint, prepared.root, prepared.name, tmp_path / "bad")
+                    + ["--knn-smooth", "800"])
+    assert not (tmp_path / "bad").exists()
+
+
+def test_partitions_are_k_means_runs_with_successive_seeds_side_by_side(encoded, prepared, cfe_checkpoint,
+                                                                         tmp_path):
+    """--partitions 3 --seed 4: partition p is what a one-partition run with --seed 4 + p makes, relabelled after
+    the partitions before it; every train image is in every partition; the true train labels play no part."""
+    data = tmp_path / "data"
+    for s in ("train", "val", "test"):
+        Y = prepared.Y[s]
+        write_split(prepared_path(data, prepared.name, s), prepared.X[s],
+                    np.random.default_rng(2).permutation(Y) if s == "train" else Y)
+    stem = f"{prepared.name}_16_K_{ENCODE_K}"
+    runs = {}
+    for name, data_dir, extra in (("three", prepared.root, ["--partitions", "3", "--seed", "4"]),
+                                  ("permuted", data, ["--partitions", "3", "--seed", "4"]),
+                                  ("seed5", prepared.root, ["--seed", "5"])):
+        encode.main(encode_argv(cfe_checkpoint, data_dir, prepared.name, tmp_path / name) + extra)
+        runs[name] = load_split(tmp_path / name / f"{stem}_train.npz")
+    three, n = runs["three"], len(prepared.X["train"])
+    part = load_array(tmp_path / "three" / f"{stem}_train.npz", "partition")
+    assert sorted(set(part.tolist())) == [0, 1, 2] and np.all(np.diff(part) >= 0)
+    centres = load_array(tmp_path / "three" / f"{stem}_train_clusters.npz", "cluster_centers")
+    assert three.meta["partitions"] == 3 and three.meta["clusters"] == ENCODE_K
+    assert three.meta["clusters_used"] == len(centres) == three.cluster_label.max() + 1
+    of_cluster = load_cluster_partition(tmp_path / "three" / f"{stem}_train.npz", three.cluster_label)
+    assert np.array_equal(of_cluster[three.cluster_label], part)
+    offset = 0
+    for p in range(3):
+        rows = part == p
+        assert set(three.index[rows].tolist()) == set(range(n))  # every image, once or repeated
+        assert np.bincount(three.cluster_label[rows] - offset).min() >= ENCODE_MIN
+        if p == 1:  # the same rows and labels as a one-partition run with seed 4 + 1
+            assert np.array_equal(three.index[rows], runs["seed5"].index)
+            assert np.array_equal(three.cluster_label[rows] - offset, runs["seed5"].cluster_label)
+        offset = three.cluster_label[rows].max() + 1
+    assert np.array_equal(three.cluster_label, runs["permuted"].cluster_label)  # labels never reach k-means
+    assert not np.array_equal(three.Y, runs["permuted"].Y)
+    emb = np.load(tmp_path / "three" / f"{stem}_train_emb.npz")
+    assert emb["partition_labels"].shape == (3, n) and np.array_equal(emb["cluster_label"], emb["partition_labels"][0])
+    report = load_json(tmp_path / "three" / "encode.json")
+    assert len(report["partition_quality"]) == 3 and report["train_rows"] == len(part)
+    mean_ari = np.mean([q["ari"] for q in report["partition_quality"]])
+    assert report["pseudo_label_quality"]["ari"] == pytest.approx(mean_ari)
+    # a one-partition cache has no partition array (as upstream's): one partition of every cluster
+    assert "partition" not in np.load(encoded.path["train"]).files
+    _, labels, _ = load_pseudo_labels(encoded.path["train"])
+    assert not load_cluster_partition(encoded.path["train"], labels).any()
+    with pytest.raises(UserError, match="exceeds 2\\*\\*31 - 1"):
+        encode.main(encode_argv(cfe_checkpoint, prepared.root, prepared.name, tmp_path / "bad")
+                    + ["--partitions", "2", "--seed", str(2**31 - 1)])
+    assert not (tmp_path / "bad").exists()
