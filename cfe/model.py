@@ -118,6 +118,13 @@ class CFE(nn.Module):
         return k_all[r * n:(r + 1) * n], k_all
 
 
+def check_fits(arch: dict, shape, where) -> None:
+    """A one-line error unless images of HxWxC `shape` are what a CFE of `arch` embeds; `where` names them."""
+    want = (arch["image_size"], arch["image_size"], arch["in_channels"])
+    if tuple(shape) != want:
+        raise UserError(f"{where}: images are {tuple(shape)}, the checkpoint expects {want}")
+
+
 def load_cfe(path, device="cpu") -> CFE:
     """The trained model of a cfe checkpoint (its `arch`, then a strict weight load), in eval mode, ready to embed.
     Its `trained_epochs` is the checkpoint's epoch and its `train_config` cfe.train's resolved arguments (None in a

@@ -12,6 +12,7 @@ them as JSON with the checkpoint, settings and provenance.
 import numpy as np
 
 from cfe.encode import embed, quality_at_true_k
+from cfe.model import check_fits
 from cfe.upstream import load_any
 from fewshot.cli import DEVICE_HELP, THREADS_HELP, make_parser, nonneg_int, positive_int, seed_int
 from fewshot.data import SPLITS, assert_disjoint_classes, load_split, prepared_path
@@ -41,10 +42,8 @@ def main(argv=None):
     device = pick_device(args.device)
     model = load_any(args.checkpoint, device)
     splits = {s: load_split(prepared_path(args.data_dir, args.dataset, s)) for s in dict.fromkeys(args.splits)}
-    want = (model.arch["image_size"], model.arch["image_size"], model.arch["in_channels"])
     for split in splits.values():
-        if split.X.shape[1:] != want:
-            raise UserError(f"{split.path}: images are {split.X.shape[1:]}, the checkpoint expects {want}")
+        check_fits(model.arch, split.X.shape[1:], split.path)
     assert_disjoint_classes({s: split.Y for s, split in splits.items()})
     Z = np.concatenate([embed(model, split.X, args.batch_size, device, f"embed {s}") for s, split in splits.items()])
     Y = np.concatenate([split.Y for split in splits.values()])

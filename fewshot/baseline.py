@@ -22,7 +22,7 @@ import numpy as np
 from fewshot.cli import DEVICE_HELP, THREADS_HELP, make_parser, nonneg_int, positive_int, seed_int
 from fewshot.data import load_split
 from fewshot.episodes import Task, sample_tasks, tasks_sha256
-from fewshot.errors import UserError, cli_main
+from fewshot.errors import cli_main
 from fewshot.io import file_sha256, provenance, save_json
 from fewshot.metrics import CI95_METHOD, format_accuracy, mean_ci95
 from fewshot.report import result_name
@@ -64,15 +64,14 @@ def nearest_prototype_accuracy(features: np.ndarray, task: Task) -> float:
 def embedding_features(args, X: np.ndarray) -> tuple[np.ndarray, dict]:
     """(N x D normalised embeddings of the frozen CFE encoder of --checkpoint, what the results record of it)."""
     from cfe.encode import embed, embedding_data  # here: fewshot does not import cfe (nor torch) to start
+    from cfe.model import check_fits
     from cfe.upstream import load_any
     from fewshot.runtime import pick_device, set_threads
 
     set_threads(args.threads)
     device = pick_device(args.device)
     model = load_any(args.checkpoint, device)  # in eval mode
-    want = (model.arch["image_size"], model.arch["image_size"], model.arch["in_channels"])
-    if X.shape[1:] != want:
-        raise UserError(f"{args.cache}: images are {X.shape[1:]}, the checkpoint expects {want}")
+    check_fits(model.arch, X.shape[1:], args.cache)
     info = {"checkpoint": str(Path(args.checkpoint).resolve()), "checkpoint_sha256": file_sha256(args.checkpoint),
             "checkpoint_epoch": model.trained_epochs, "embedding_dim": model.arch["dim"],
             "embedding_data": embedding_data(model.train_config)}
