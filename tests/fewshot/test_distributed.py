@@ -27,7 +27,9 @@ SCRIPT = textwrap.dedent("""
                    grads=[g.tolist() for g in grads], dtype=str(grads[1].dtype), gathered=gathered.tolist(),
                    chosen=d.broadcast_object(world.rank + 7))
         d.barrier()
-        print(json.dumps(row), flush=True)
+        # one file per rank: two processes printing to one pipe can interleave their lines
+        with open(f"{sys.argv[1]}/rank{world.rank}.json", "w") as f:
+            json.dump(row, f)
 
     cli_main(main, distributed=True)
 """)
@@ -37,10 +39,10 @@ def test_collectives_on_two_gloo_processes(tmp_path):
     (tmp_path / "job.py").write_text(SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(tmp_path / "job.py")], env=env, capture_output=True, text=True, timeout=120)
+                        str(tmp_path / "job.py"), str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
 
-    rows = sorted((json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")), key=lambda x: x["rank"])
+    rows = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [(x["rank"], x["size"], x["main"], x["device"]) for x in rows] == [(0, 2, True, "cpu"), (1, 2, False, "cpu")]
     for x in rows:
         assert x["grads"] == [[[0.5] * 3] * 2, [5.0]] and x["dtype"] == "torch.float64"
