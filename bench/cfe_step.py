@@ -20,9 +20,7 @@ torch's FlopCounterMode (convolutions, matmuls; elementwise ops are not counted,
 import argparse
 import itertools
 import json
-import platform
 import statistics
-import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -33,31 +31,9 @@ from fewshot.backbones import BACKBONES, check_image_side
 from fewshot.cli import THREADS_HELP, HelpFormatter, nonneg_int, positive_int
 from fewshot.errors import cli_main
 from fewshot.runtime import pick_device, set_threads
-
-
-def device_name(device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()
-
+from fewshot.timing import device_name, matmul_gflops, timed
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def timed(fn, device) -> float:
-    """Seconds one call of fn takes, waiting for a GPU's queued kernels to finish."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    t = time.perf_counter()
-    fn()
-    sync()
-    return time.perf_counter() - t
-
-
-def matmul_gflops(device, n=4096, repeats=5, dtype=torch.float32) -> float:
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    a @ b  # warm-up
-    return 2 * n**3 / min(timed(lambda: a @ b, device) for _ in range(repeats)) / 1e9
 
 
 def make_step(device, batch_size, image_size, channels, compile_, backbone, queue_size, bn_splits, precision):
