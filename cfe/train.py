@@ -163,9 +163,16 @@ def train_step(model, optimizer, images, gen, precision="fp32") -> torch.Tensor:
     # key views from the ranks (MoCo's shuffle BN), which this rank already holds: one more collective per step, so
     # that the model, like MoCo's, does not depend on how its views were made.
     v1, v2 = augment(x, gen), augment(x, gen)
-    world, n = model.world, len(x) // model.world.size
+    return step_on_views(model, optimizer, v1, v2, gen, precision)
+
+
+def step_on_views(model, optimizer, v1, v2, gen, precision="fp32") -> torch.Tensor:
+    """train_step after its augmentation, on two views (NCHW float) of the global batch made elsewhere (a
+    DataLoader's, bench/cfe_upstream.py): the loss on this rank's slice, f_q's gradients averaged over the ranks,
+    SGD update (skipped when the loss is not finite). Returns the loss averaged over the ranks."""
+    world, n = model.world, len(v1) // model.world.size
     mine = slice(world.rank * n, (world.rank + 1) * n)  # rank r: rows [r*n, (r+1)*n) of the global batch
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+    with torch.autocast(v1.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
         loss = model(v1[mine], v2[mine], gen).float()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
