@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cfe.loss import LOSSES, cfe_loss, moco_loss
-from fewshot.backbones import make_backbone
+from fewshot.backbones import forward_in_groups, make_backbone
 from fewshot.checkpoint import load_checkpoint, load_state
 from fewshot.distributed import World, all_gather_cat
 from fewshot.errors import UserError
@@ -83,7 +83,7 @@ class CFE(nn.Module):
     def embed(self, x):
         """Normalised embedding of f_q (head included, as upstream encodes): NxC, in float32 also under bfloat16
         autocast (keys like it enter the float32 queue)."""
-        return F.normalize(self.encoder_q(x).float(), dim=1)
+        return F.normalize(forward_in_groups(self.encoder_q, x, self.local_splits).float(), dim=1)
 
     def forward(self, x1, x2, gen=None):
         """Two views of the same N images (this rank's share of the global batch) -> scalar loss (this rank's);
@@ -114,7 +114,8 @@ class CFE(nn.Module):
         n, r = x2.shape[0], self.world.rank
         order = torch.randperm(x_all.shape[0], generator=gen, device=x2.device)  # the same on every rank
         k_all = torch.empty(x_all.shape[0], self.queue.shape[1], dtype=self.queue.dtype, device=x2.device)
-        k_all[order] = all_gather_cat(F.normalize(self.encoder_k(x_all[order[r * n:(r + 1) * n]]).float(), dim=1))
+        k = forward_in_groups(self.encoder_k, x_all[order[r * n:(r + 1) * n]], self.local_splits)
+        k_all[order] = all_gather_cat(F.normalize(k.float(), dim=1))
         return k_all[r * n:(r + 1) * n], k_all
 
 

@@ -38,9 +38,15 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
     def __init__(self, num_features, splits=1, **kwargs):
         super().__init__(num_features, **kwargs)
         self.splits = splits
+        self.group_updates = None  # inside forward_in_groups: the running-statistics updates of the groups so far
 
     def forward(self, x):
         s = self.splits
+        if self.group_updates is not None and self.training:  # x is one group (forward_in_groups)
+            mean, var = self.running_mean.clone(), self.running_var.clone()
+            out = F.batch_norm(x, mean, var, self.weight, self.bias, True, self.momentum, self.eps)
+            self.group_updates.append((mean, var))
+            return out
         if s == 1 or not self.training:
             return super().forward(x)
         assert x.shape[0] % s == 0, f"batch of {x.shape[0]} does not split into {s} equal BatchNorm groups"
@@ -53,11 +59,37 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
             out.append(F.batch_norm(chunk, mean, var, self.weight, self.bias, True, self.momentum, self.eps))
             means.append(mean)
             variances.append(var)
-        with torch.no_grad():
-            self.running_mean.copy_(torch.stack(means).mean(0))
-            self.running_var.copy_(torch.stack(variances).mean(0))
-            self.num_batches_tracked.add_(1)
+        self.average_updates(means, variances)
         return torch.cat(out)
+
+    @torch.no_grad()
+    def average_updates(self, means, variances) -> None:
+        self.running_mean.copy_(torch.stack(means).mean(0))
+        self.running_var.copy_(torch.stack(variances).mean(0))
+        self.num_batches_tracked.add_(1)
+
+
+def forward_in_groups(net: nn.Module, x: torch.Tensor, groups: int) -> torch.Tensor:
+    """net(x) for a net whose BatchNorm layers split the batch into `groups` (SplitBatchNorm2d), computed one group
+    at a time through the whole net rather than one layer at a time over the whole batch: the same numbers (every
+    BatchNorm normalises each group with that group's statistics either way, and its running statistics take the
+    mean of the groups' updates), but one group's activations fit the CPU's caches, which makes Conv4's forward and
+    backward faster (BENCHMARKS.md). Plain net(x) in eval mode or with one group."""
+    if groups == 1 or not net.training:
+        return net(x)
+    norms = [m for m in net.modules() if isinstance(m, SplitBatchNorm2d)]
+    assert norms and all(m.splits == groups for m in norms), "forward_in_groups needs SplitBatchNorm2d(splits=groups)"
+    assert x.shape[0] % groups == 0, f"batch of {x.shape[0]} does not split into {groups} equal BatchNorm groups"
+    for m in norms:
+        m.group_updates = []
+    try:
+        out = torch.cat([net(chunk) for chunk in x.chunk(groups)])
+        for m in norms:
+            m.average_updates(*zip(*m.group_updates))
+    finally:  # an exception leaves the running statistics as they were, and the layers out of group mode
+        for m in norms:
+            m.group_updates = None
+    return out
 
 
 def batch_norm(bn_splits=1):

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from fewshot.backbones import Conv4, SplitBatchNorm2d, make_backbone
+from fewshot.backbones import Conv4, SplitBatchNorm2d, forward_in_groups, make_backbone
 from fewshot.errors import UserError
 
 
@@ -108,3 +108,37 @@ def test_resnet_with_split_batchnorm_is_the_network_run_on_each_split_alone(name
     for key, value in split.state_dict().items():
         if key.endswith(("running_mean", "running_var")):
             torch.testing.assert_close(value, (stats[0][key] + stats[1][key]) / 2)
+
+
+@pytest.mark.parametrize("name", ["conv4", "resnet18"])
+def test_forward_in_groups_is_the_split_network_one_group_at_a_time(name):
+    """Each BatchNorm group through the whole net in turn gives the split net's outputs, gradients and running
+    statistics; in eval mode, and with one group, it is net(x)."""
+    torch.manual_seed(0)
+    layered = make_backbone(name, 1, 8, bn_splits=4).train()
+    grouped = copy.deepcopy(layered)
+    x = torch.randn(8, 1, 28, 28, dtype=torch.float64)
+    layered.double(), grouped.double()
+    y = layered(x)
+    g = forward_in_groups(grouped, x, 4)
+    torch.testing.assert_close(g, y, rtol=1e-12, atol=1e-12)
+    (y * y.detach()).sum().backward()
+    (g * g.detach()).sum().backward()
+    for (key, a), b in zip(layered.state_dict().items(), grouped.state_dict().values()):
+        assert torch.allclose(a.double(), b.double(), rtol=1e-12, atol=1e-12), key  # running statistics, counts
+    for a, b in zip(layered.parameters(), grouped.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-10, atol=1e-12)
+    assert all(m.group_updates is None for m in grouped.modules() if isinstance(m, SplitBatchNorm2d))
+    grouped.eval()
+    torch.testing.assert_close(forward_in_groups(grouped, x, 4), grouped(x))
+
+
+def test_forward_in_groups_failing_leaves_the_statistics_as_they_were():
+    torch.manual_seed(0)
+    net = Conv4(1, 8, bn_splits=2).train()
+    before = copy.deepcopy(net.state_dict())
+    with pytest.raises(RuntimeError):
+        forward_in_groups(net, torch.randn(4, 3, 28, 28), 2)  # 3 channels into a 1-channel conv: the 1st group fails
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert all(m.group_updates is None for m in net.modules() if isinstance(m, SplitBatchNorm2d))
