@@ -115,15 +115,16 @@ def run_method(method: str, Z: np.ndarray, args, threads: int) -> tuple:
     from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
 
-    from cfe.tasks import kmeans
+    from cfe.tasks import UPSTREAM_KMEANS, kmeans
     from fewshot.timing import timed
 
     out, cpu = {}, torch.device("cpu")
     if method == "ours":
         seconds = timed(lambda: out.update(km=kmeans(Z, args.clusters, args.niter, args.seed)), cpu)
         return seconds, out["km"][0], FAISS_RUNS[-1]
-    n_init, max_iter = (10, 3000) if method == "sklearn-upstream" else (1, args.niter)
-    km = KMeans(args.clusters, init="k-means++", n_init=n_init, max_iter=max_iter, random_state=args.seed)
+    settings = UPSTREAM_KMEANS if method == "sklearn-upstream" else {**UPSTREAM_KMEANS, "n_init": 1,
+                                                                      "max_iter": args.niter}
+    km = KMeans(args.clusters, random_state=args.seed, **settings)
     with threadpool_limits(limits=threads):  # its OpenMP and BLAS threads, as faiss's follow torch's
         seconds = timed(lambda: km.fit(Z), cpu)
     return seconds, km.cluster_centers_, int(km.n_iter_)

@@ -28,6 +28,9 @@ With --partitions P, k-means runs P times (seeds --seed .. --seed + P - 1; rando
 holds every partition's clusters, labelled one after the other, each image once per partition, with a `partition`
 array saying which partition each row belongs to; maml.train then draws each task from one partition.
 
+--kmeans sklearn clusters as upstream did (scikit-learn, k-means++ starts, the best of 10 runs), many times slower
+than the default faiss run, for reproducing upstream's pseudo-labels.
+
 --checkpoint also takes upstream PL-CFE's pretrained checkpoints (checkpoint_0199.pth.tar; cfe/upstream.py): its
 conv4 for 28 px grey images, its ResNet-50 for 84 px RGB ones.
 """
@@ -40,7 +43,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from cfe.tasks import MODES, check_mode, kmeans, knn_smooth, pixel_features, pseudo_labels, resolve_clusters
+from cfe.tasks import KMEANS, MODES, check_mode, kmeans, knn_smooth, pixel_features, pseudo_labels, resolve_clusters
 from cfe.train import without_added_settings
 from cfe.upstream import load_any
 from fewshot.backbones import to_float
@@ -79,7 +82,10 @@ def get_parser():
     p.add_argument("--clusters", type=positive_int, metavar="K",
                    help="number of clusters, the K of the cache file names (default 500; --labels oracle: the "
                         "number of true train classes, which a given K must equal)")
-    p.add_argument("--niter", type=positive_int, default=100, help="k-means iterations")
+    p.add_argument("--kmeans", choices=KMEANS, default="faiss",
+                   help="faiss: one run from a random start (fast); sklearn: upstream's scikit-learn call, k-means++ "
+                        "and the best of 10 runs (many times slower, for reproducing upstream)")
+    p.add_argument("--niter", type=positive_int, default=100, help="faiss k-means iterations")
     p.add_argument("--knn-smooth", type=nonneg_int, default=0, metavar="M",
                    help="cluster each feature vector (embedding or pixels) averaged with its M nearest neighbours "
                         "(0: off)")
@@ -215,13 +221,14 @@ def describe(args, model, centres, trained_on) -> dict:
             "checkpoint": None if ckpt is None else str(Path(ckpt).resolve()),
             "checkpoint_epoch": None if model is None else model.trained_epochs,
             "checkpoint_sha256": None if ckpt is None else file_sha256(ckpt), "clusters": args.clusters,
-            "clusters_used": int(len(centres)), "niter": args.niter, "knn_smooth": args.knn_smooth,
+            "clusters_used": int(len(centres)), "kmeans": args.kmeans, "niter": args.niter,
+            "knn_smooth": args.knn_smooth,
             "partitions": args.partitions, "seed": args.seed, "min_cluster_size": args.min_cluster_size,
             "embedding_data": trained_on, **provenance()}
 
 
 # cfe.encode settings added after caches were made, with the value that a folder without them was made with
-ADDED_SETTINGS = {"labels": "kmeans", "supervised": False}
+ADDED_SETTINGS = {"labels": "kmeans", "supervised": False, "kmeans": "faiss"}
 
 
 def main(argv=None):

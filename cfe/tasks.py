@@ -66,25 +66,42 @@ def pixel_features(X: np.ndarray, batch: int = 4096) -> np.ndarray:
     return Z
 
 
-def kmeans(Z: np.ndarray, k: int, niter: int, seed: int, nredo: int = 1, gpu: bool = False) -> tuple:
-    """faiss k-means on every point (no subsampling), best of `nredo` runs, on a GPU when asked and faiss has
-    GPU support. Returns (centres KxD, assignment N).
+KMEANS = ("faiss", "sklearn")  # cfe.encode --kmeans
+UPSTREAM_KMEANS = dict(init="k-means++", n_init=10, max_iter=3000)  # scikit-learn's KMeans as upstream calls it
 
-    NOTE: upstream (cfe/cfe_encoding.py) runs scikit-learn k-means++ with 10 restarts on the raw head outputs; this
-    runs faiss (one run by default, rather than ten) on the normalised ones: the space the CFE loss compares in.
+
+def kmeans(Z: np.ndarray, k: int, niter: int, seed: int, gpu: bool = False, algorithm: str = "faiss") -> tuple:
+    """k-means on every point (no subsampling). Returns (centres KxD, assignment N).
+
+    faiss (the default): one run of at most `niter` iterations from a random start, on a GPU when asked and faiss has
+    GPU support. sklearn: upstream's call (cfe/cfe_encoding.py), scikit-learn's KMeans with k-means++ starts, the
+    best of 10 runs of at most 3,000 iterations (`niter` unused); for reproducing upstream's clustering, many times
+    slower for an objective about half a percent lower (BENCHMARKS.md).
+
+    NOTE: upstream clusters the raw head outputs; both algorithms here cluster the normalised ones: the space the CFE
+    loss compares in.
     """
+    n, d = Z.shape
+    if k > n:
+        raise UserError(f"--clusters {k} is larger than the number of train images ({n})")
+    Z = np.ascontiguousarray(Z, dtype=np.float32)
+    if algorithm == "sklearn":
+        from sklearn.cluster import KMeans
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=torch.get_num_threads()):  # follow --threads, as faiss does
+            km = KMeans(k, random_state=seed, **UPSTREAM_KMEANS).fit(Z)
+        return km.cluster_centers_.astype(np.float32), km.labels_.astype(np.int64)
+    assert algorithm == "faiss", algorithm
     import faiss
 
     if torch.get_num_threads() > 0:
         faiss.omp_set_num_threads(torch.get_num_threads())  # follow --threads
-    n, d = Z.shape
-    if k > n:
-        raise UserError(f"--clusters {k} is larger than the number of train images ({n})")
     # faiss subsamples to 256 points per centroid unless told otherwise; we cluster every point
-    km = faiss.Kmeans(d, k, niter=niter, nredo=nredo, seed=seed, max_points_per_centroid=n, verbose=False,
+    km = faiss.Kmeans(d, k, niter=niter, seed=seed, max_points_per_centroid=n, verbose=False,
                       gpu=gpu and hasattr(faiss, "StandardGpuResources"))
-    km.train(np.ascontiguousarray(Z, dtype=np.float32))
-    _, assign = km.index.search(np.ascontiguousarray(Z, dtype=np.float32), 1)
+    km.train(Z)
+    _, assign = km.index.search(Z, 1)
     return km.centroids.copy(), assign[:, 0].astype(np.int64)
 
 
@@ -149,13 +166,13 @@ def stack_partitions(parts, min_size: int) -> tuple:
 
 
 def kmeans_partitions(Z: np.ndarray, k: int, niter: int, seed: int, n_partitions: int, min_size: int,
-                      gpu: bool = False) -> tuple:
+                      gpu: bool = False, algorithm: str = "faiss") -> tuple:
     """k-means `n_partitions` times (seeds seed, seed + 1, ...), stacked by stack_partitions.
 
     NOTE: not in the paper, which clusters once, so one partition by default. CACTUs (Hsu et al. 2019) draws its
     tasks from many k-means partitions, so that no single partition's mistakes shape every task; with one
     embedding, the partitions differ only by k-means' seed."""
-    return stack_partitions((kmeans(Z, k, niter, seed + p, gpu=gpu) for p in range(n_partitions)), min_size)
+    return stack_partitions((kmeans(Z, k, niter, seed + p, gpu, algorithm) for p in range(n_partitions)), min_size)
 
 
 def random_partitions(Z: np.ndarray, k: int, seed: int, n_partitions: int, min_size: int) -> tuple:
@@ -180,7 +197,7 @@ def pseudo_labels(args, Z: np.ndarray, truth, gpu: bool = False) -> tuple:
     labels for oracle, None for the others, which never read them."""
     if args.labels in ("kmeans", "pixels"):
         return kmeans_partitions(Z, args.clusters, args.niter, args.seed, args.partitions, args.min_cluster_size,
-                                 gpu=gpu)
+                                 gpu=gpu, algorithm=args.kmeans)
     if args.labels == "random":
         return random_partitions(Z, args.clusters, args.seed, args.partitions, args.min_cluster_size)
     assert args.labels == "oracle" and truth is not None, args.labels

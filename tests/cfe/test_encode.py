@@ -340,3 +340,12 @@ def test_bad_train_labels_and_shared_classes_are_refused_before_anything_is_writ
         encode.main(["--checkpoint", str(cfe_checkpoint), "--data-dir", str(data), "--dataset", prepared.name,
                      "--out", str(out), "--clusters", "4", "--niter", "5", "--device", "cpu", "--threads", "1"])
     assert not out.exists()
+
+
+def test_kmeans_sklearn_writes_the_same_contract_and_says_so(prepared, cfe_checkpoint, tmp_path):
+    out = tmp_path / "sk"
+    encode.main(encode_argv(cfe_checkpoint, prepared.root, prepared.name, out) + ["--kmeans", "sklearn"])
+    report = load_json(out / "encode.json")
+    assert report["kmeans"] == "sklearn" and load_json(out / "config.json")["kmeans"] == "sklearn"
+    assert report["clusters_used"] == ENCODE_K and (out / report["caches"]["train"]).is_file()
+
