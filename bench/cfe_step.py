@@ -25,8 +25,7 @@ import statistics
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from cfe.model import CFE
-from cfe.train import check_step_settings, train_step
+from cfe.train import build_with_defaults, check_step_settings, train_step
 from fewshot.backbones import BACKBONES, check_image_side
 from fewshot.cli import THREADS_HELP, HelpFormatter, nonneg_int, positive_int
 from fewshot.errors import cli_main
@@ -39,13 +38,11 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 def make_step(device, batch_size, image_size, channels, compile_, backbone, queue_size, bn_splits, precision):
     """A closure running one training step of a fresh CFE model with this setting (seeded, so repeatable)."""
     torch.manual_seed(0)
-    model = CFE(in_channels=channels, image_size=image_size, queue_size=queue_size, bn_splits=bn_splits,
-                backbone=backbone)
-    model = model.to(device, memory_format=torch.channels_last)
+    model, opt, _ = build_with_defaults((image_size, image_size, channels), device, queue_size=queue_size,
+                                        bn_splits=bn_splits, backbone=backbone)
     if compile_:  # as cfe.train --compile
         model.encoder_q.compile()
         model.encoder_k.compile()
-    opt = torch.optim.SGD(model.encoder_q.parameters(), 0.03, momentum=0.9, weight_decay=1e-4)
     images = torch.randint(0, 256, (batch_size, image_size, image_size, channels), dtype=torch.uint8, device=device)
     gen = torch.Generator(device=device).manual_seed(0)
     return lambda: train_step(model, opt, images, gen, precision)

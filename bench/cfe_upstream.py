@@ -40,8 +40,7 @@ from PIL import Image, ImageFilter
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from cfe.model import CFE
-from cfe.train import check_step_settings, step_on_views, train_step
+from cfe.train import build_with_defaults, check_step_settings, step_on_views, train_step
 from fewshot.cli import THREADS_HELP, HelpFormatter, nonneg_int, positive_int
 from fewshot.errors import UserError, cli_main
 from fewshot.runtime import pick_device, set_threads
@@ -85,12 +84,11 @@ class TwoViews(Dataset):
 
 
 def make_model(device, channels_last):
-    """A fresh CFE and its SGD as bench/cfe_step.py's make_step builds them (seeded: both methods start alike)."""
+    """A fresh CFE and its SGD at cfe.train's defaults, as bench/cfe_step.py times them (seeded: both methods start
+    alike); NCHW for upstream's."""
     torch.manual_seed(0)
-    model = CFE(in_channels=1, image_size=SIDE, queue_size=QUEUE_SIZE, bn_splits=BN_SPLITS, backbone="conv4")
-    model = model.to(device, memory_format=torch.channels_last) if channels_last else model.to(device)
-    opt = torch.optim.SGD(model.encoder_q.parameters(), 0.03, momentum=0.9, weight_decay=1e-4)
-    return model, opt
+    model, opt, _ = build_with_defaults((SIDE, SIDE, 1), device, queue_size=QUEUE_SIZE, bn_splits=BN_SPLITS)
+    return (model if channels_last else model.to(memory_format=torch.contiguous_format)), opt
 
 
 def make_upstream(bank, device, batch_size, workers):

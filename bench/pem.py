@@ -66,6 +66,8 @@ def get_parser():
 def main(argv=None):
     args = get_parser().parse_args(argv)
     X_np, labels, centres = real(args.caches) if args.caches else synthetic(args.images, args.clusters, 64, 0)
+    if len(centres) <= 5:  # maml.train's rule: more clusters than PEM's 5 candidates and than the 5 ways
+        raise UserError(f"{len(centres)} clusters: PEM needs more than 5 (its candidates per way, and the ways)")
     set_threads(args.threads)
     device = pick_device(args.device)
     torch.manual_seed(0)

@@ -150,6 +150,16 @@ def build(args, image_shape, device, world=ONE_PROCESS) -> tuple:
     return model, optimizer, scheduler
 
 
+def build_with_defaults(image_shape, device, **settings) -> tuple:
+    """build() at cfe.train's defaults, `settings` (its argument names) overriding them: the model and optimiser
+    whose step the benchmarks time (bench/cfe_step.py, bench/cfe_upstream.py)."""
+    args = get_parser().parse_args(["--data", "", "--out", ""])
+    for name, value in settings.items():
+        assert hasattr(args, name), f"cfe.train has no setting {name!r}"
+        setattr(args, name, value)
+    return build(args, image_shape, device)
+
+
 def train_step(model, optimizer, images, gen, precision="fp32") -> torch.Tensor:
     """One CFE step on a global batch of uint8 NHWC images: two augmented views, the loss on this rank's slice
     (model.world's), f_q's gradients averaged over the ranks, SGD update (skipped when the loss is not finite, which

@@ -41,29 +41,31 @@ class SplitBatchNorm2d(nn.BatchNorm2d):
         self.group_updates = None  # inside forward_in_groups: the running-statistics updates of the groups so far
 
     def forward(self, x):
-        s = self.splits
         if self.group_updates is not None and self.training:  # x is one group (forward_in_groups)
-            mean, var = self.running_mean.clone(), self.running_var.clone()
-            out = F.batch_norm(x, mean, var, self.weight, self.bias, True, self.momentum, self.eps)
-            self.group_updates.append((mean, var))
+            out, update = self.one_group(x)
+            self.group_updates.append(update)
             return out
+        s = self.splits
         if s == 1 or not self.training:
             return super().forward(x)
         assert x.shape[0] % s == 0, f"batch of {x.shape[0]} does not split into {s} equal BatchNorm groups"
-        assert self.track_running_stats and self.momentum is not None
         # NOTE: one F.batch_norm per contiguous chunk, then cat: chunks of a channels_last batch stay
         # channels_last, which the CPU kernels need (reshaping to (N/s)x(s*C)xHxW doubled the step time)
-        means, variances, out = [], [], []
-        for chunk in x.chunk(s):
-            mean, var = self.running_mean.clone(), self.running_var.clone()  # updated in place by batch_norm
-            out.append(F.batch_norm(chunk, mean, var, self.weight, self.bias, True, self.momentum, self.eps))
-            means.append(mean)
-            variances.append(var)
-        self.average_updates(means, variances)
+        out, updates = zip(*(self.one_group(chunk) for chunk in x.chunk(s)))
+        self.average_updates(updates)
         return torch.cat(out)
 
+    def one_group(self, x) -> tuple:
+        """(x normalised with its own statistics, the running (mean, var) updated from them): copies, updated in
+        place by batch_norm, so that the layer's own statistics change only once every group is done."""
+        assert self.track_running_stats and self.momentum is not None
+        mean, var = self.running_mean.clone(), self.running_var.clone()
+        return F.batch_norm(x, mean, var, self.weight, self.bias, True, self.momentum, self.eps), (mean, var)
+
     @torch.no_grad()
-    def average_updates(self, means, variances) -> None:
+    def average_updates(self, updates) -> None:
+        """The running statistics become the mean of the groups' (mean, var) updates."""
+        means, variances = zip(*updates)
         self.running_mean.copy_(torch.stack(means).mean(0))
         self.running_var.copy_(torch.stack(variances).mean(0))
         self.num_batches_tracked.add_(1)
@@ -85,7 +87,7 @@ def forward_in_groups(net: nn.Module, x: torch.Tensor, groups: int) -> torch.Ten
     try:
         out = torch.cat([net(chunk) for chunk in x.chunk(groups)])
         for m in norms:
-            m.average_updates(*zip(*m.group_updates))
+            m.average_updates(m.group_updates)
     finally:  # an exception leaves the running statistics as they were, and the layers out of group mode
         for m in norms:
             m.group_updates = None

@@ -55,6 +55,7 @@ def test_pem_bench_reports_the_expected_overhead(capsys):
 @pytest.mark.parametrize("args, message", [
     (["--images", "2000", "--clusters", "500"], "--clusters 500: at most 100 for 2000 images"),
     (["--caches", "nowhere"], "nowhere/encode.json"),
+    (["--images", "2000", "--clusters", "5"], "5 clusters: PEM needs more than 5"),
 ])
 def test_pem_bench_bad_input(args, message):
     with pytest.raises(UserError, match=message):
