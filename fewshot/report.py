@@ -119,10 +119,15 @@ def compare(a_path, b_path) -> dict:
 LEARNERS = {"ep": "EP", "protonet": "ProtoNets"}  # config.json's "learner" -> the table's name (else MAML's)
 
 
-def _method(cfg: dict, variant: str, semi: tuple) -> str:
+def _semi(semi: tuple) -> str:
+    """The semi-supervised episodes of a result as words: ", 5 unlabelled per way + 3 distractor classes"."""
     unlabeled, distractors = semi
-    semi = (f", {unlabeled} unlabelled per way" if unlabeled else "") + \
+    return (f", {unlabeled} unlabelled per way" if unlabeled else "") + \
         (f" + {distractors} distractor classes" if distractors else "")
+
+
+def _method(cfg: dict, variant: str, semi: tuple) -> str:
+    semi = _semi(semi)
     if "method" in cfg:  # fewshot.baseline
         return cfg["method"] + semi
     learner = LEARNERS.get(cfg.get("learner")) or ("MAML + PEM" if cfg.get("pem") else "MAML (PEM off)")
@@ -219,8 +224,9 @@ def to_markdown(rows) -> str:
         lines += ["", "Paired on the same tasks (difference of accuracy):", ""]
         for r, base, key, diff, ci in paired:
             ways, shots = re.fullmatch(r"(\d+)w(\d+)s", key).groups()
-            lines.append(f"- {Path(r['run']).name} - {Path(base['run']).name}, {r['split']} {ways}-way {shots}-shot: "
-                         f"{format_accuracy(diff, ci, signed=True)}")
+            semi = f" ({_semi(r['semi'])[2:]})" if any(r["semi"]) else ""  # which of a run's rows
+            lines.append(f"- {Path(r['run']).name}{semi} - {Path(base['run']).name}, {r['split']} {ways}-way "
+                         f"{shots}-shot: {format_accuracy(diff, ci, signed=True)}")
     return "\n".join(lines) + "\n"
 
 

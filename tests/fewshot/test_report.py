@@ -225,6 +225,8 @@ def test_protonet_runs_and_the_embedding_baseline_get_rows_of_their_own(tmp_path
     # each paired with the pixel baseline on the same tasks
     assert "- protonet - pixels, test 5-way 1-shot: +20.00 ± 11.32 points" in table
     assert "- embedding - pixels, test 5-way 1-shot: +10.00 ± 11.32 points" in table
+    # a run's semi-supervised row says which it is, as its row in the table does
+    assert "- protonet (5 unlabelled per way) - pixels, test 5-way 1-shot: +20.00 ± 11.32 points" in table
 
 
 # A folder of pipeline folders (scripts/omniglot_table.sh): one comparison table of task construction x meta-learner.
